@@ -1,0 +1,1 @@
+"""Face engines behind one small interface."""

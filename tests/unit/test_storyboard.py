@@ -1,0 +1,89 @@
+"""Storyboard validation: clear (file, field, reason) errors, nothing half-accepted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vidpipe_tasks.demo import example_paths
+from vidpipe_tasks.storyboard import StoryboardError, load_storyboard, load_storyboards
+
+GOOD = {
+    "title": "t",
+    "manifest": {
+        "name": "m",
+        "assets": [{"type": "character", "tag": "ana", "name": "Ana", "reference_image": "stock:face/t1-0"}],
+    },
+    "characters": [{"tag": "bo", "name": "Bo"}],
+    "scenes": [{"description": "d", "characters": ["ana", "bo"], "size": "320x240"}],
+}
+
+
+def write(tmp_path: Path, data: object, name: str = "board.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_bundled_examples_are_valid() -> None:
+    boards = load_storyboards(example_paths())
+    assert {b.title for _, b in boards} >= {"The Lighthouse Keepers", "Market Day"}
+    with_manifest = [b for _, b in boards if b.manifest]
+    assert with_manifest and [b for _, b in boards if b.manifest is None]
+
+
+def test_scene_format_falls_back_to_defaults(tmp_path: Path) -> None:
+    board = load_storyboard(write(tmp_path, GOOD))
+    fmt = board.clip_format(board.scenes[0])
+    assert (fmt.width, fmt.height, fmt.fps, fmt.duration_s) == (320, 240, 12, 4.0)
+
+
+def test_an_undeclared_character_is_reported_with_file_and_field(tmp_path: Path) -> None:
+    bad = {**GOOD, "scenes": [{"description": "d", "characters": ["zed"]}]}
+    path = write(tmp_path, bad)
+    with pytest.raises(StoryboardError) as err:
+        load_storyboard(path)
+    (file, field, reason), *_ = err.value.problems
+    assert file == str(path) and "zed" in reason and "scenes.0.characters" in reason
+
+
+@pytest.mark.parametrize(
+    ("mutation", "field"),
+    [
+        ({"scenes": []}, "scenes"),
+        ({"scenes": [{"description": "d", "size": "641x360"}]}, "scenes.0.size"),
+        ({"scenes": [{"description": "d", "fps": 0}]}, "scenes.0.fps"),
+        ({"title": ""}, "title"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_each_invalid_field_is_named(tmp_path: Path, mutation: dict, field: str) -> None:
+    with pytest.raises(StoryboardError) as err:
+        load_storyboard(write(tmp_path, {**GOOD, **mutation}))
+    assert any(f.startswith(field) for _, f, _ in err.value.problems), err.value.problems
+
+
+def test_a_missing_reference_image_is_an_error(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["manifest"]["assets"][0]["reference_image"] = "faces/nobody.png"
+    with pytest.raises(StoryboardError, match="file not found"):
+        load_storyboard(write(tmp_path, data))
+
+
+def test_an_unknown_stock_face_is_an_error(tmp_path: Path) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["manifest"]["assets"][0]["reference_image"] = "stock:face/nobody"
+    with pytest.raises(StoryboardError, match="reference_image"):
+        load_storyboard(write(tmp_path, data))
+
+
+def test_every_bad_file_is_reported_at_once(tmp_path: Path) -> None:
+    good = write(tmp_path, GOOD, "good.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("title: [unclosed")
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(StoryboardError) as err:
+        load_storyboards([good, broken, missing])
+    assert {f for f, _, _ in err.value.problems} == {str(broken), str(missing)}

@@ -1,0 +1,82 @@
+"""The Celery app: three explicit queues, routes by task name, JSON only, late acks, events on."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from vidpipe_tasks.settings import ALL_QUEUES, CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
+
+#: Task name -> queue. Analysis lands on CUDA workers; generation and registry work stay on CPU workers.
+TASK_ROUTES: dict[str, str] = {
+    "vidpipe.generate_clip": GENERATION_QUEUE,
+    "vidpipe.analyze_clip": CV_QUEUE,
+    "vidpipe.register_entities": REGISTRY_QUEUE,
+    "vidpipe.finalize_project": REGISTRY_QUEUE,
+}
+
+#: Hard time limits per task, seconds; the Redis visibility timeout must stay above the largest.
+TASK_TIME_LIMITS: dict[str, int] = {
+    "vidpipe.generate_clip": 900,
+    "vidpipe.analyze_clip": 900,
+    "vidpipe.register_entities": 120,
+    "vidpipe.finalize_project": 60,
+}
+
+
+def celery_config(settings: Settings) -> dict:
+    """Celery settings derived from vidpipe settings (lowercase Celery 5 names)."""
+    conf = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_queues": [Queue(q, Exchange(q, type="direct"), routing_key=q) for q in ALL_QUEUES],
+        # Unrouted tasks (none of ours) go to the cheap registry queue; no queue is ever created implicitly.
+        "task_default_queue": REGISTRY_QUEUE,
+        "task_default_exchange": REGISTRY_QUEUE,
+        "task_default_routing_key": REGISTRY_QUEUE,
+        "task_create_missing_queues": False,
+        "task_routes": {name: {"queue": q, "routing_key": q} for name, q in TASK_ROUTES.items()},
+        "task_annotations": {name: {"time_limit": limit} for name, limit in TASK_TIME_LIMITS.items()},
+        # Every task is idempotent (side effects keyed on project, scene and stage), so late acks are safe.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Scenes take seconds to minutes: a worker reserves only what it is running.
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_expires": 7 * 24 * 3600,
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
+    if settings.is_filesystem_broker:
+        queue_dir = str(settings.broker_dir / "queue")
+        conf["broker_transport_options"] = {
+            "data_folder_in": queue_dir,
+            "data_folder_out": queue_dir,
+            "processed_folder": str(settings.broker_dir / "processed"),
+            "store_processed": settings.store_processed,
+            # Absolute, or `celery inspect` run from another directory sees no workers.
+            "control_folder": str(settings.broker_dir / "control"),
+            "polling_interval": settings.poll_interval,
+        }
+    return conf
+
+
+def create_app(settings: Settings) -> Celery:
+    """Build the Celery app for `settings` and register vidpipe's tasks on it."""
+    app = Celery("vidpipe")
+    app.config_from_object(celery_config(settings))
+    app.vidpipe_settings = settings
+    return app
+
+
+settings = load_settings()
+app = create_app(settings)
+
+# Registers the tasks on `app`; imported last because the tasks module needs `app`.
+import vidpipe_tasks.tasks  # noqa: E402, F401

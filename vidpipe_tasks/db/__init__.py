@@ -1,0 +1,1 @@
+"""Database: SQLAlchemy models, sessions and Alembic migrations."""

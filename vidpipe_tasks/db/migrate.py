@@ -1,0 +1,23 @@
+"""Run Alembic migrations programmatically (no alembic.ini needed at run time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def alembic_config(database_url: str) -> Config:
+    """An Alembic config pointing at vidpipe's migrations and `database_url`."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", database_url)
+    return cfg
+
+
+def upgrade_database(database_url: str) -> None:
+    """Bring the database at `database_url` to the newest schema (idempotent)."""
+    command.upgrade(alembic_config(database_url), "head")

@@ -1,0 +1,224 @@
+"""SQLAlchemy 2.0 models: manifests, assets, projects, scenes, clips, scene manifests, appearances, task runs."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, DateTime, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base for every vidpipe table."""
+
+
+class AssetType(enum.StrEnum):
+    CHARACTER = "CHARACTER"
+    LOCATION = "LOCATION"
+    PROP = "PROP"
+
+
+class AssetSource(enum.StrEnum):
+    UPLOADED = "UPLOADED"
+    CLIP_EXTRACT = "CLIP_EXTRACT"
+
+
+class ProjectStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class StageStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    SKIPPED = "SKIPPED"
+    DEGRADED = "DEGRADED"
+    FAILED = "FAILED"
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as plain strings so the schema needs no native enum types on PostgreSQL.
+    return Enum(cls, native_enum=False, length=16, validate_strings=True)
+
+
+class Manifest(Base):
+    """A reusable library of reference assets shared by projects."""
+
+    __tablename__ = "manifests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    #: Bumped by every registry commit; the UPDATE doubles as the manifest's write lock (see registry.lock_manifest).
+    registry_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    assets: Mapped[list[Asset]] = relationship(back_populates="manifest", order_by="Asset.id")
+
+
+class Asset(Base):
+    """A reference asset: uploaded with the manifest or extracted from a generated clip."""
+
+    __tablename__ = "assets"
+    __table_args__ = (
+        UniqueConstraint("manifest_id", "tag", name="uq_asset_manifest_tag"),
+        # One extracted candidate becomes at most one asset, however often register_entities runs.
+        UniqueConstraint("manifest_id", "origin_key", name="uq_asset_manifest_origin"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    manifest_id: Mapped[int] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"), index=True)
+    asset_type: Mapped[AssetType] = mapped_column(_enum(AssetType))
+    tag: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    #: The storyboard character this asset depicts (reference selection looks assets up by it).
+    character: Mapped[str | None] = mapped_column(String(100), index=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[AssetSource] = mapped_column(_enum(AssetSource))
+    #: Relative to the media root.
+    reference_image: Mapped[str | None] = mapped_column(String(500))
+    face_embedding: Mapped[list[float] | None] = mapped_column(JSON)
+    face_engine: Mapped[str | None] = mapped_column(String(50))
+    image_embedding: Mapped[list[float] | None] = mapped_column(JSON)
+    image_embedder: Mapped[str | None] = mapped_column(String(100))
+    quality: Mapped[float | None] = mapped_column(Float)
+    origin_project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="SET NULL"))
+    origin_scene_index: Mapped[int | None] = mapped_column(Integer)
+    #: "p{project}-s{scene}-{candidate}" for CLIP_EXTRACT assets; None for uploads.
+    origin_key: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    manifest: Mapped[Manifest] = relationship(back_populates="assets")
+
+
+class Project(Base):
+    """A storyboard submitted for generation."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(300))
+    manifest_id: Mapped[int | None] = mapped_column(ForeignKey("manifests.id"), index=True)
+    status: Mapped[ProjectStatus] = mapped_column(_enum(ProjectStatus), default=ProjectStatus.PENDING)
+    source_path: Mapped[str | None] = mapped_column(String(1000))
+    storyboard_json: Mapped[dict] = mapped_column(JSON)
+    #: Id of the first task of the chain last queued for this project.
+    chain_root_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    scenes: Mapped[list[Scene]] = relationship(back_populates="project", order_by="Scene.scene_index")
+
+
+class Scene(Base):
+    """One scene of a project, with a status per stage."""
+
+    __tablename__ = "scenes"
+    __table_args__ = (UniqueConstraint("project_id", "scene_index", name="uq_scene_project_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    scene_index: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="")
+    location: Mapped[str | None] = mapped_column(String(100))
+    characters: Mapped[list[str]] = mapped_column(JSON, default=list)
+    duration_s: Mapped[float] = mapped_column(Float)
+    fps: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    generation_status: Mapped[StageStatus] = mapped_column(_enum(StageStatus), default=StageStatus.PENDING)
+    analysis_status: Mapped[StageStatus] = mapped_column(_enum(StageStatus), default=StageStatus.PENDING)
+    registry_status: Mapped[StageStatus] = mapped_column(_enum(StageStatus), default=StageStatus.PENDING)
+
+    project: Mapped[Project] = relationship(back_populates="scenes")
+    clip: Mapped[Clip | None] = relationship(back_populates="scene")
+    scene_manifest: Mapped[SceneManifest | None] = relationship(back_populates="scene")
+
+
+class Clip(Base):
+    """The rendered clip of a scene (one per scene; a re-run reuses it)."""
+
+    __tablename__ = "clips"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scene_id: Mapped[int] = mapped_column(ForeignKey("scenes.id", ondelete="CASCADE"), unique=True)
+    #: Relative to the media root.
+    path: Mapped[str] = mapped_column(String(500))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    frame_count: Mapped[int] = mapped_column(Integer)
+    fps: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    generator: Mapped[str] = mapped_column(String(50))
+    appearances: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    scene: Mapped[Scene] = relationship(back_populates="clip")
+
+
+class SceneManifest(Base):
+    """What a scene was generated from and what its analysis found."""
+
+    __tablename__ = "scene_manifests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scene_id: Mapped[int] = mapped_column(ForeignKey("scenes.id", ondelete="CASCADE"), unique=True)
+    manifest_json: Mapped[dict] = mapped_column(JSON, default=dict)
+    #: Character tag -> asset tag chosen as its reference when the clip was generated.
+    selected_reference_tags: Mapped[dict] = mapped_column(JSON, default=dict)
+    cv_analysis_json: Mapped[dict | None] = mapped_column(JSON)
+    continuity_score: Mapped[float | None] = mapped_column(Float)
+    degraded_reason: Mapped[str | None] = mapped_column(Text)
+    new_asset_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Set in the registry transaction; the next scene may start only after it.
+    registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    scene: Mapped[Scene] = relationship(back_populates="scene_manifest")
+
+
+class AssetAppearance(Base):
+    """An asset seen in a scene (one row per asset, project and scene)."""
+
+    __tablename__ = "asset_appearances"
+    __table_args__ = (UniqueConstraint("asset_id", "project_id", "scene_index", name="uq_appearance"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    asset_id: Mapped[int] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    scene_index: Mapped[int] = mapped_column(Integer)
+    #: "match" (recognised a registered asset) or "new" (this scene registered it).
+    kind: Mapped[str] = mapped_column(String(10))
+    frames: Mapped[list[int]] = mapped_column(JSON, default=list)
+    face_count: Mapped[int] = mapped_column(Integer, default=0)
+    similarity: Mapped[float | None] = mapped_column(Float)
+    #: Mean identity embedding in this scene (kept for cross-scene consistency; small).
+    embedding: Mapped[list[float] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class TaskRun(Base):
+    """One execution record per Celery task id: where it ran, when, and how it ended."""
+
+    __tablename__ = "task_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    task_name: Mapped[str] = mapped_column(String(100), index=True)
+    project_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    scene_index: Mapped[int | None] = mapped_column(Integer)
+    queue: Mapped[str | None] = mapped_column(String(50))
+    worker: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: "running", "success", "degraded", "failure".
+    outcome: Mapped[str] = mapped_column(String(20), default="running")
+    detail: Mapped[str | None] = mapped_column(Text)

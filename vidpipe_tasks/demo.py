@@ -1,0 +1,122 @@
+"""`vidpipe demo`: the embedded default end to end, with live progress and a summary."""
+
+from __future__ import annotations
+
+import os
+import time
+from importlib import resources
+from pathlib import Path
+
+from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings, prepare_folders
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+
+
+def example_paths() -> list[Path]:
+    """The storyboards bundled with the package."""
+    folder = resources.files("vidpipe_tasks") / "examples"
+    return sorted(Path(str(p)) for p in folder.iterdir() if p.name.endswith((".yaml", ".yml", ".json")))
+
+
+def _embedded_settings(work_dir: Path) -> Settings:
+    base = load_settings({"VIDPIPE_HOME": str(work_dir)})
+    os.environ.update(base.as_env())
+    return base
+
+
+def run_demo(work_dir: Path, *, fresh: bool = False, timeout: float = 1200.0) -> int:
+    """Start one generation+registry worker and one CV worker, submit the examples, follow them, stop."""
+    from vidpipe_tasks.storyboard import load_storyboards
+    from vidpipe_tasks.workflow import purge_queue_folder, reset_work_folder
+
+    settings = _embedded_settings(work_dir.resolve())
+    paths = example_paths()
+    load_storyboards(paths)  # validate before starting anything
+    if fresh:
+        reset_work_folder(settings)
+    prepare_folders(settings)
+    from vidpipe_tasks.db.migrate import upgrade_database
+
+    upgrade_database(settings.database_url)
+    leftovers = purge_queue_folder(settings)
+    if leftovers:
+        print(f"removed {leftovers} leftover message(s) from an interrupted run")
+    from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
+
+    logs = settings.home / "logs"
+    print(f"work folder: {settings.home}\nstarting workers (logs in {logs}) ...")
+    workers = [
+        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
+        start_worker(settings, "cv", [CV_QUEUE], logs),
+    ]
+    try:
+        wait_ready(workers)
+        print("workers ready: gen@ consumes generation,registry; cv@ consumes cv")
+        from vidpipe_tasks.celery_app import app
+        from vidpipe_tasks.workflow import submit
+
+        ids = submit(app, settings, paths)
+        print("submitted projects " + ", ".join(f"{i} ({p.name})" for i, p in zip(ids, paths, strict=True)))
+        statuses = follow(settings, ids, timeout)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping workers (the current task finishes; `vidpipe` can resume later)")
+        return 130
+    finally:
+        stop_workers(workers)
+    print_summary(statuses)
+    return 0 if all(s["status"] == "COMPLETED" for s in statuses) else 1
+
+
+def _scene_line(project: dict, scene: dict) -> str:
+    st = scene["stages"]
+    last = scene["tasks"][-1] if scene["tasks"] else None
+    where = f" on {last['worker']}" if last and last["worker"] else ""
+    return (
+        f"  [{project['project_id']}] scene {scene['scene_index']}: generate {st['generation'].lower()}, "
+        f"analyse {st['analysis'].lower()}, register {st['registry'].lower()}"
+        + (f" ({last['name'].split('.')[-1]}{where})" if last else "")
+    )
+
+
+def follow(settings: Settings, ids: list[int], timeout: float) -> list[dict]:
+    """Print a line whenever a scene changes stage, until every project ends or `timeout` passes."""
+    from vidpipe_tasks.status import load_status
+
+    seen: dict[tuple[int, int], str] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = [load_status(settings, i) for i in ids]
+        for project in statuses:
+            for scene in project["scenes"]:
+                line = _scene_line(project, scene)
+                key = (project["project_id"], scene["scene_index"])
+                if seen.get(key) != line:
+                    seen[key] = line
+                    print(line, flush=True)
+        if all(s["status"] in TERMINAL for s in statuses):
+            return statuses
+        if time.monotonic() > deadline:
+            print(f"timed out after {timeout:.0f}s")
+            return statuses
+        time.sleep(0.5)
+
+
+def _score(value: float | None) -> str:
+    return "missing" if value is None else f"{value:.2f}"
+
+
+def print_summary(statuses: list[dict]) -> None:
+    """Per scene: references used, characters matched, assets registered, continuity."""
+    print("\n=== summary ===")
+    for project in statuses:
+        print(f"project {project['project_id']}: {project['title']} — {project['status']}")
+        for sc in project["scenes"]:
+            refs = ", ".join(f"{c}->{t}" for c, t in sc["selected_reference_tags"].items()) or "none"
+            comps = ", ".join(f"{k}={_score(v)}" for k, v in sc["continuity_components"].items())
+            print(
+                f"  scene {sc['scene_index']}: references {refs}; matched {', '.join(sc['matched_tags']) or 'none'}; "
+                f"new assets {', '.join(sc['new_asset_tags']) or 'none'}; continuity {_score(sc['continuity_score'])}"
+                + (f" ({comps})" if comps else "")
+            )
+            if sc["degraded_reason"]:
+                print(f"    degraded: {sc['degraded_reason']}")

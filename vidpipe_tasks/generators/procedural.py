@@ -1,0 +1,298 @@
+"""The built-in procedural renderer: stock backgrounds with Ken Burns motion and composited character faces."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import zlib
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from vidpipe_tasks.generators.base import CharacterSpec, ClipInfo, ClipRequest
+from vidpipe_tasks.generators.stock import INVENTED_FACE_POOL, background_for, is_stock_uri, resolve_stock_uri, stock_face
+
+#: Sprite (head crop) height as a fraction of frame height; the dlib face box is roughly half of it.
+FACE_HEIGHT_FRACTION = 0.45
+#: A sprite never takes more than this fraction of its character's column, so faces never overlap.
+MAX_COLUMN_FILL = 0.8
+#: Background is rendered this much larger than the frame so the Ken Burns window can pan and zoom.
+_BACKGROUND_MARGIN = 1.12
+#: Final zoom of the Ken Burns window at the end of the clip.
+_KEN_BURNS_ZOOM = 1.08
+#: Relative amplitude of the faces' slow "breathing" scale change.
+_FACE_SCALE_AMPLITUDE = 0.03
+#: Fraction of the ellipse radius over which the face mask fades out.
+_MASK_FEATHER = 0.18
+
+
+@dataclass(frozen=True)
+class _Sprite:
+    """One character's pre-masked head image and its motion parameters."""
+
+    image: Image.Image  # RGBA, already at the largest size it is drawn at
+    base_size: int  # longest side at scale 1.0
+    center: tuple[float, float]  # rest position in frame pixels
+    amplitude: tuple[float, float]  # drift amplitude in pixels (x, y)
+    phase: tuple[float, float, float]  # phases of the x, y and scale oscillations
+
+
+def _stable_hash(text: str) -> int:
+    """Hash that is stable across processes (Python's hash() is salted per process)."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def assign_invented_faces(request: ClipRequest, pool: tuple[str, ...] = INVENTED_FACE_POOL) -> dict[str, str]:
+    """Choose a stock face for every character of the request that has no reference image.
+
+    The choice is a pure function of (project_id, scene_index, seed) and the set of reference-less tags.
+    Those tags are ordered by a per-project hash into slots 0, 1, ...; slot ``j`` of scene ``k`` gets
+    ``pool[(base + step * k + j) % len(pool)]`` with ``step = len(pool) // 2``. Hence faces within a scene
+    are distinct (up to ``len(pool)`` characters), a tag never keeps its face from one scene to the next
+    while at most ``step`` characters per scene are reference-less, and a single new character per scene
+    cycles through the whole pool (5 distinct faces in 5 consecutive scenes with the default pool).
+
+    Args:
+        request: the clip request.
+        pool: stock face names to draw from.
+
+    Returns:
+        Tag -> stock face name, only for characters without a reference image.
+    """
+    tags = sorted(
+        {c.tag for c in request.characters if c.reference_image is None},
+        key=lambda tag: (_stable_hash(f"{request.project_id}:{request.seed}:{tag}"), tag),
+    )
+    if not tags:
+        return {}
+    if not pool:
+        raise ValueError("the invented face pool is empty")
+    base = _stable_hash(f"{request.project_id}:{request.seed}")
+    step = max(1, len(pool) // 2)
+    return {tag: pool[(base + step * request.scene_index + slot) % len(pool)] for slot, tag in enumerate(tags)}
+
+
+def _load_reference(character: CharacterSpec) -> Image.Image:
+    """Open a character's reference image (a file, or a ``stock:face/<name>`` URI) as RGB."""
+    ref = character.reference_image
+    assert ref is not None
+    if is_stock_uri(str(ref)):
+        return resolve_stock_uri(str(ref))
+    try:
+        with Image.open(ref) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read reference image for {character.tag!r}: {ref} ({exc})") from exc
+
+
+def _ellipse_mask(width: int, height: int) -> Image.Image:
+    """Soft elliptical alpha mask inscribed in a width x height rectangle."""
+    ys = (np.arange(height, dtype=np.float32) + 0.5) / height * 2 - 1
+    xs = (np.arange(width, dtype=np.float32) + 0.5) / width * 2 - 1
+    radius = np.sqrt(xs[None, :] ** 2 + ys[:, None] ** 2)
+    alpha = np.clip((1.0 - radius) / _MASK_FEATHER, 0.0, 1.0)
+    alpha = alpha * alpha * (3 - 2 * alpha)  # smoothstep: no visible ring at the fade's inner edge
+    return Image.fromarray((alpha * 255 + 0.5).astype(np.uint8), "L")
+
+
+def _make_sprite(face: Image.Image, size: int) -> Image.Image:
+    """Scale a head crop so its longest side is ``size`` (aspect kept) and apply the soft mask."""
+    scale = size / max(face.width, face.height)
+    width, height = max(2, round(face.width * scale)), max(2, round(face.height * scale))
+    sprite = face.convert("RGB").resize((width, height), Image.Resampling.LANCZOS).convert("RGBA")
+    sprite.putalpha(_ellipse_mask(width, height))
+    return sprite
+
+
+def _layout(faces: list[tuple[str, Image.Image]], width: int, height: int, caption_h: int) -> list[_Sprite]:
+    """Give each face its own column, sized so HOG finds it and neighbours never overlap."""
+    sprites = []
+    n = len(faces)
+    column = width / max(1, n)
+    usable_h = height - caption_h
+    size = max(8, int(min(FACE_HEIGHT_FRACTION * height, MAX_COLUMN_FILL * column, 0.8 * usable_h)))
+    max_size = size * (1 + _FACE_SCALE_AMPLITUDE)
+    for i, (tag, face) in enumerate(faces):
+        h = _stable_hash(f"motion:{tag}")
+        amp_x = max(0.0, min(0.04 * width, (column - max_size) / 2 - 2))
+        amp_y = max(0.0, min(0.03 * height, (usable_h - max_size) / 2 - 2))
+        phases = tuple(2 * math.pi * ((h >> shift) & 0xFF) / 256 for shift in (0, 8, 16))
+        sprites.append(
+            _Sprite(
+                image=_make_sprite(face, math.ceil(max_size)),
+                base_size=size,
+                center=((i + 0.5) * column, usable_h / 2),
+                amplitude=(amp_x, amp_y),
+                phase=phases,  # type: ignore[arg-type]
+            )
+        )
+    return sprites
+
+
+def _caption_bar(text: str, width: int, height: int) -> Image.Image:
+    """Semi-transparent caption strip with the scene description, truncated to fit on one line."""
+    bar = Image.new("RGBA", (width, height), (0, 0, 0, 150))
+    font = ImageFont.load_default(size=max(8, round(height * 0.6)))
+    draw = ImageDraw.Draw(bar)
+    text = " ".join(text.split())
+    limit = width - 2 * max(4, height // 3)
+    if draw.textlength(text, font=font) > limit:
+        while text and draw.textlength(text + "…", font=font) > limit:
+            text = text[:-1]
+        text = text.rstrip() + "…"
+    draw.text((max(4, height // 3), height / 2), text, font=font, fill=(235, 235, 235, 255), anchor="lm")
+    return bar
+
+
+class _Frames:
+    """Draws frame ``i`` of a clip from precomputed background, sprites and caption."""
+
+    def __init__(self, request: ClipRequest, faces: list[tuple[str, Image.Image]], frame_count: int) -> None:
+        self.width, self.height = request.width, request.height
+        self.fps = request.fps
+        self.frame_count = frame_count
+        self.caption = _caption_bar(request.description, self.width, max(14, round(self.height * 0.07)))
+        self.sprites = _layout(faces, self.width, self.height, self.caption.height)
+        big_w, big_h = math.ceil(self.width * _BACKGROUND_MARGIN), math.ceil(self.height * _BACKGROUND_MARGIN)
+        self.background = Image.fromarray(background_for(request.location, big_w, big_h), "RGB")
+        # The pan direction depends on the location and scene, so consecutive clips do not move alike.
+        h = _stable_hash(f"pan:{request.location}:{request.scene_index}:{request.seed}")
+        self.pan_from = ((h & 0xFF) / 255, ((h >> 8) & 0xFF) / 255)
+        self.pan_to = (1 - self.pan_from[0], 1 - self.pan_from[1])
+
+    def _background_frame(self, progress: float) -> Image.Image:
+        zoom = 1 + (_KEN_BURNS_ZOOM - 1) * progress
+        big_w, big_h = self.background.size
+        win_w, win_h = self.width * _BACKGROUND_MARGIN / zoom, self.height * _BACKGROUND_MARGIN / zoom
+        win_w, win_h = min(win_w, big_w), min(win_h, big_h)
+        px = self.pan_from[0] + (self.pan_to[0] - self.pan_from[0]) * progress
+        py = self.pan_from[1] + (self.pan_to[1] - self.pan_from[1]) * progress
+        x0, y0 = (big_w - win_w) * px, (big_h - win_h) * py
+        return self.background.resize(
+            (self.width, self.height), Image.Resampling.BILINEAR, box=(x0, y0, x0 + win_w, y0 + win_h)
+        )
+
+    def render(self, index: int) -> Image.Image:
+        t = index / self.fps
+        progress = index / max(1, self.frame_count - 1)
+        frame = self._background_frame(progress)
+        for sprite in self.sprites:
+            # Slow, incommensurate periods so the motion looks organic rather than mechanical.
+            scale = 1 + _FACE_SCALE_AMPLITUDE * math.sin(2 * math.pi * t / 5.3 + sprite.phase[2])
+            size = sprite.base_size * scale
+            image = sprite.image
+            ratio = size / max(image.width, image.height)
+            if abs(ratio - 1) > 1e-3:
+                image = image.resize(
+                    (max(2, round(image.width * ratio)), max(2, round(image.height * ratio))),
+                    Image.Resampling.BILINEAR,
+                )
+            cx = sprite.center[0] + sprite.amplitude[0] * math.sin(2 * math.pi * t / 4.1 + sprite.phase[0])
+            cy = sprite.center[1] + sprite.amplitude[1] * math.sin(2 * math.pi * t / 3.7 + sprite.phase[1])
+            frame.paste(image, (round(cx - image.width / 2), round(cy - image.height / 2)), image)
+        frame.paste(self.caption, (0, self.height - self.caption.height), self.caption)
+        return frame
+
+
+class ProceduralGenerator:
+    """Renders clips locally from the storyboard: no network, no GPU, deterministic per request.
+
+    Args:
+        keyframe_interval_s: seconds between keyframes (GOP length = round(fps * this)); scene-cut
+            keyframes are disabled so the interval is exact, which keeps seeking predictable.
+        crf: x264 constant rate factor (lower = better quality, bigger files).
+        preset: x264 speed preset.
+    """
+
+    name = "procedural"
+
+    def __init__(self, *, keyframe_interval_s: float = 2.0, crf: int = 23, preset: str = "veryfast") -> None:
+        if keyframe_interval_s <= 0:
+            raise ValueError("keyframe_interval_s must be positive")
+        self.keyframe_interval_s = keyframe_interval_s
+        self.crf = crf
+        self.preset = preset
+
+    def keyframe_interval(self, fps: int) -> int:
+        """GOP length in frames for a clip at ``fps``."""
+        return max(1, round(fps * self.keyframe_interval_s))
+
+    def generate(self, request: ClipRequest) -> ClipInfo:
+        """Render ``request`` to ``request.output_path`` (atomically) and describe the result."""
+        _validate(request)
+        frame_count = max(1, round(request.duration_s * request.fps))
+        invented = assign_invented_faces(request)
+        faces: list[tuple[str, Image.Image]] = []
+        appearances: dict[str, str] = {}
+        for character in request.characters:
+            if character.reference_image is not None:
+                faces.append((character.tag, _load_reference(character)))
+                appearances[character.tag] = "reference"
+            else:
+                faces.append((character.tag, stock_face(invented[character.tag])))
+                appearances[character.tag] = f"invented:{invented[character.tag]}"
+        frames = _Frames(request, faces, frame_count)
+        output = Path(request.output_path)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self._encode_atomically(frames, output)
+        return ClipInfo(
+            path=output,
+            frame_count=frame_count,
+            fps=request.fps,
+            width=request.width,
+            height=request.height,
+            appearances=appearances,
+        )
+
+    def _encode_atomically(self, frames: _Frames, output: Path) -> None:
+        # Temp file in the same folder so os.replace is an atomic rename on the same filesystem.
+        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
+        os.close(fd)
+        try:
+            self._encode(frames, tmp_name)
+            os.replace(tmp_name, output)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+    def _encode(self, frames: _Frames, path: str) -> None:
+        gop = self.keyframe_interval(frames.fps)
+        with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream(
+                "libx264",
+                rate=frames.fps,
+                options={
+                    "crf": str(self.crf),
+                    "preset": self.preset,
+                    "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+                },
+            )
+            stream.width, stream.height = frames.width, frames.height
+            stream.pix_fmt = "yuv420p"
+            stream.codec_context.gop_size = gop
+            stream.codec_context.time_base = Fraction(1, frames.fps)
+            for index in range(frames.frame_count):
+                frame = av.VideoFrame.from_image(frames.render(index))
+                frame.pts = index
+                frame.time_base = Fraction(1, frames.fps)
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+
+
+def _validate(request: ClipRequest) -> None:
+    """Reject requests the encoder cannot honour, with a message naming the field."""
+    if request.width <= 0 or request.height <= 0 or request.width % 2 or request.height % 2:
+        raise ValueError(f"width and height must be positive and even for yuv420p, got {request.width}x{request.height}")
+    if request.fps <= 0:
+        raise ValueError(f"fps must be positive, got {request.fps}")
+    if request.duration_s <= 0:
+        raise ValueError(f"duration_s must be positive, got {request.duration_s}")
+    tags = [c.tag for c in request.characters]
+    if len(tags) != len(set(tags)):
+        raise ValueError(f"duplicate character tags in request: {tags}")

@@ -1,0 +1,85 @@
+"""Cross-cutting task policy in one place: the task-run log, progress events and outcome recording."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task
+from sqlalchemy import select
+
+from vidpipe_tasks.db.models import TaskRun
+from vidpipe_tasks.db.session import session_scope
+
+log = logging.getLogger(__name__)
+
+
+def _ids(args: tuple) -> tuple[int | None, int | None]:
+    payload = args[0] if args and isinstance(args[0], dict) else {}
+    return payload.get("project_id"), payload.get("scene_index")
+
+
+class PipelineTask(Task):
+    """Base for vidpipe tasks: records each run (queue, worker, start, finish, outcome) in `task_runs`.
+
+    The record is written inside `__call__`, so `finished_at` is committed before Celery sends the
+    chain's next message; ordering checks can compare it with the next task's `started_at`.
+    """
+
+    #: Idempotent by construction, so redelivery after a lost worker is safe.
+    acks_late = True
+    reject_on_worker_lost = True
+
+    @property
+    def database_url(self) -> str:
+        return self.app.vidpipe_settings.database_url
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        task_id = self.request.id
+        if task_id is None:  # called directly as a function, not through a worker
+            return super().__call__(*args, **kwargs)
+        self._record_start(task_id, args)
+        try:
+            result = super().__call__(*args, **kwargs)
+        except Exception as exc:
+            self._record_finish(task_id, "failure", f"{type(exc).__name__}: {exc}")
+            raise
+        degraded = isinstance(result, dict) and result.get("outcome") == "degraded"
+        self._record_finish(task_id, "degraded" if degraded else "success", result_detail(result))
+        return result
+
+    def _record_start(self, task_id: str, args: tuple) -> None:
+        project_id, scene_index = _ids(args)
+        delivery = self.request.delivery_info or {}
+        with session_scope(self.database_url) as s:
+            run = s.scalar(select(TaskRun).where(TaskRun.task_id == task_id))
+            if run is None:
+                run = TaskRun(task_id=task_id, task_name=self.name, attempts=0)
+                s.add(run)
+            run.attempts += 1
+            run.project_id, run.scene_index = project_id, scene_index
+            run.queue = delivery.get("routing_key") or delivery.get("queue")
+            run.worker = self.request.hostname
+            run.started_at, run.finished_at, run.outcome, run.detail = datetime.now(UTC), None, "running", None
+
+    def _record_finish(self, task_id: str, outcome: str, detail: str | None) -> None:
+        with session_scope(self.database_url) as s:
+            run = s.scalar(select(TaskRun).where(TaskRun.task_id == task_id))
+            if run is not None:
+                run.finished_at, run.outcome, run.detail = datetime.now(UTC), outcome, detail
+
+    def progress(self, stage: str, done: int, total: int, **info: Any) -> None:
+        """Report progress to the result backend (API clients) and as an event (Flower, `celery events`)."""
+        meta = {"stage": stage, "done": done, "total": total, **info}
+        if self.request.id is None:
+            return
+        self.update_state(state="PROGRESS", meta=meta)
+        self.send_event("task-progress", **meta)
+
+
+def result_detail(result: Any) -> str | None:
+    """A short human-readable detail for the task-run log."""
+    if isinstance(result, dict) and result.get("reason"):
+        return str(result["reason"])[:500]
+    return None

@@ -1,0 +1,117 @@
+"""Typed, frozen settings built once from the environment (VIDPIPE_*), with the embedded default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+#: Queue names; routes and deploy files are derived from these.
+GENERATION_QUEUE = "generation"
+CV_QUEUE = "cv"
+REGISTRY_QUEUE = "registry"
+ALL_QUEUES = (GENERATION_QUEUE, CV_QUEUE, REGISTRY_QUEUE)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable, in one place.
+
+    The embedded default keeps every moving part under one work folder (`home`): a SQLite
+    database, kombu's `filesystem://` broker, Celery's `file://` result backend and the media root.
+    Production points the same fields at Redis and PostgreSQL.
+    """
+
+    home: Path
+    database_url: str
+    broker_url: str
+    result_backend: str
+    media_root: Path
+    #: Face engine for analysis: "auto", "dlib-offline" (insightface arrives behind the same interface).
+    face_engine: str = "auto"
+    #: Clip generator name ("procedural" is built in).
+    generator: str = "procedural"
+    #: Broker poll interval for the filesystem transport, seconds (hop latency is about half of it).
+    poll_interval: float = 0.1
+    #: Frames sampled per clip for analysis (evenly spaced plus motion-delta frames).
+    analysis_max_frames: int = 12
+    #: Keep consumed broker messages in broker/processed (tests use it to audit routing).
+    store_processed: bool = False
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def is_filesystem_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    def with_home(self, home: Path) -> Settings:
+        """Return the embedded default rooted at another work folder."""
+        return replace(self, **_embedded(home.resolve()))
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process (workers)."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            env[f"VIDPIPE_{f.name.upper()}"] = str(int(value)) if isinstance(value, bool) else str(value)
+        return env
+
+
+def _embedded(home: Path) -> dict:
+    return {
+        "home": home,
+        "database_url": f"sqlite:///{home / 'vidpipe.db'}",
+        "broker_url": "filesystem://",
+        "result_backend": f"file://{home / 'results'}",
+        "media_root": home / "media",
+    }
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    if isinstance(default, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, Path):
+        return Path(raw).resolve()
+    return raw
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Build settings from VIDPIPE_* variables; unset fields fall back to the embedded default.
+
+    Args:
+        environ: mapping to read (defaults to os.environ).
+
+    Returns:
+        The frozen settings.
+
+    """
+    env = os.environ if environ is None else environ
+    home = Path(env.get("VIDPIPE_HOME", "vidpipe-work")).resolve()
+    base = Settings(**_embedded(home))
+    overrides = {}
+    for f in fields(Settings):
+        raw = env.get(f"VIDPIPE_{f.name.upper()}")
+        if raw is not None and f.name != "home":
+            try:
+                overrides[f.name] = _parse(f.name, raw, getattr(base, f.name))
+            except ValueError as exc:
+                raise ValueError(f"VIDPIPE_{f.name.upper()}={raw!r}: {exc}") from exc
+    return replace(base, **overrides)
+
+
+def prepare_folders(settings: Settings) -> None:
+    """Create the folders the embedded broker, result backend and media root need."""
+    settings.media_root.mkdir(parents=True, exist_ok=True)
+    if settings.is_filesystem_broker:
+        for sub in ("queue", "processed", "control"):
+            (settings.broker_dir / sub).mkdir(parents=True, exist_ok=True)
+    if settings.result_backend.startswith("file://"):
+        Path(settings.result_backend.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+    if settings.database_url.startswith("sqlite:///"):
+        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,193 @@
+"""The work of each task as plain functions (no broker needed): generate, prepare analysis, register, finalize."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vidpipe_tasks import media
+from vidpipe_tasks.db.models import (
+    AssetAppearance,
+    Clip,
+    Project,
+    ProjectStatus,
+    Scene,
+    SceneManifest,
+    StageStatus,
+)
+from vidpipe_tasks.db.session import session_scope
+from vidpipe_tasks.generators.base import CharacterSpec, ClipRequest
+from vidpipe_tasks.registry import character_assets, register_scene, select_references
+from vidpipe_tasks.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ProjectCancelledError(RuntimeError):
+    """The project was cancelled; the rest of its chain must not run."""
+
+
+def load_scene(session: Session, project_id: int, scene_index: int) -> Scene:
+    scene = session.scalar(select(Scene).where(Scene.project_id == project_id, Scene.scene_index == scene_index))
+    if scene is None:
+        raise LookupError(f"project {project_id} has no scene {scene_index}")
+    if scene.project.status == ProjectStatus.CANCELLED:
+        raise ProjectCancelledError(f"project {project_id} was cancelled")
+    return scene
+
+
+def scene_ref(scene: Scene) -> dict:
+    """The JSON payload that travels between tasks: ids and paths only."""
+    return {
+        "project_id": scene.project_id,
+        "scene_index": scene.scene_index,
+        "manifest_id": scene.project.manifest_id,
+        "clip_path": scene.clip.path if scene.clip else None,
+    }
+
+
+def _complete_clip(settings: Settings, scene: Scene) -> bool:
+    clip = scene.clip
+    if clip is None:
+        return False
+    path = media.absolute(settings.media_root, clip.path)
+    return path.is_file() and path.stat().st_size == clip.size_bytes
+
+
+def _select(session: Session, scene: Scene) -> tuple[dict, dict]:
+    """Choose references and record them in the scene manifest (manifest projects only)."""
+    project = scene.project
+    if project.manifest_id is None:
+        return {}, {}
+    chosen = select_references(session, project.manifest_id, scene.characters)
+    sm = scene.scene_manifest or SceneManifest(scene_id=scene.id)
+    sm.selected_reference_tags = {c: a.tag for c, a in chosen.items()}
+    sm.manifest_json = {
+        "characters": scene.characters,
+        "location": scene.location,
+        "references": {
+            c: {"asset_id": a.id, "tag": a.tag, "source": a.source.value, "reference_image": a.reference_image}
+            for c, a in chosen.items()
+        },
+    }
+    session.add(sm)
+    return chosen, sm.selected_reference_tags
+
+
+def generate_scene(settings: Settings, project_id: int, scene_index: int) -> dict:
+    """Select references from the registry and render the scene's clip; reuse a complete stored clip."""
+    with session_scope(settings.database_url) as s:
+        scene = load_scene(s, project_id, scene_index)
+        if _complete_clip(settings, scene):
+            log.info("project %s scene %s: reusing stored clip %s", project_id, scene_index, scene.clip.path)
+            return scene_ref(scene)
+        if scene.project.status == ProjectStatus.PENDING:
+            scene.project.status = ProjectStatus.RUNNING
+        scene.generation_status = StageStatus.RUNNING
+        chosen, _ = _select(s, scene)
+        request = _clip_request(settings, scene, chosen)
+    from vidpipe_tasks.generators import get_generator  # renderer imports stay off the registry path
+
+    info = get_generator(settings.generator).generate(request)
+    with session_scope(settings.database_url) as s:
+        scene = load_scene(s, project_id, scene_index)
+        clip = scene.clip or Clip(scene_id=scene.id)
+        clip.path = media.clip_path(project_id, scene_index)
+        clip.size_bytes = info.path.stat().st_size
+        clip.frame_count, clip.fps, clip.width, clip.height = info.frame_count, info.fps, info.width, info.height
+        clip.generator, clip.appearances = settings.generator, dict(info.appearances)
+        s.add(clip)
+        scene.generation_status = StageStatus.DONE
+        if scene.project.manifest_id is None:
+            scene.analysis_status = scene.registry_status = StageStatus.SKIPPED
+        s.flush()
+        return scene_ref(scene)
+
+
+def _clip_request(settings: Settings, scene: Scene, chosen: dict) -> ClipRequest:
+    characters = tuple(
+        CharacterSpec(
+            tag=c,
+            reference_image=media.absolute(settings.media_root, chosen[c].reference_image) if c in chosen else None,
+        )
+        for c in scene.characters
+    )
+    return ClipRequest(
+        project_id=scene.project_id,
+        scene_index=scene.scene_index,
+        description=scene.description,
+        location=scene.location,
+        characters=characters,
+        duration_s=scene.duration_s,
+        fps=scene.fps,
+        width=scene.width,
+        height=scene.height,
+        output_path=media.absolute(settings.media_root, media.clip_path(scene.project_id, scene.scene_index)),
+        seed=scene.project_id,
+    )
+
+
+def analysis_request(settings: Settings, ref: dict) -> dict:
+    """Build the CV worker's input from the registry: what to look for and where to write crops."""
+    with session_scope(settings.database_url) as s:
+        scene = load_scene(s, ref["project_id"], ref["scene_index"])
+        scene.analysis_status = StageStatus.RUNNING
+        registry = [
+            {
+                "asset_id": a.id,
+                # The storyboard character the asset depicts: adherence is judged per character.
+                "tag": a.character or a.tag,
+                "asset_tag": a.tag,
+                "embedding": a.face_embedding,
+                "engine": a.face_engine,
+                "reference_image": a.reference_image,
+            }
+            for a in character_assets(s, scene.project.manifest_id)
+            if a.reference_image or a.face_embedding
+        ]
+        previous = s.scalars(
+            select(AssetAppearance).where(
+                AssetAppearance.project_id == scene.project_id,
+                AssetAppearance.scene_index < scene.scene_index,
+                AssetAppearance.embedding.is_not(None),
+            )
+        )
+        return {
+            "project_id": scene.project_id,
+            "scene_index": scene.scene_index,
+            "clip_path": scene.clip.path,
+            "declared_characters": list(scene.characters),
+            "registry": registry,
+            "previous_appearances": [
+                {"asset_id": p.asset_id, "scene_index": p.scene_index, "embedding": p.embedding} for p in previous
+            ],
+            "crops_dir": media.crops_dir(scene.project_id, scene.scene_index),
+        }
+
+
+def register_entities(settings: Settings, payload: dict) -> dict:
+    """Commit the analysis of one scene in one transaction, then return (the next scene may start)."""
+    with session_scope(settings.database_url) as s:
+        scene = load_scene(s, payload["project_id"], payload["scene_index"])
+        summary = register_scene(s, scene, payload["analysis"])
+    return {"project_id": payload["project_id"], "scene_index": payload["scene_index"], **summary.as_dict()}
+
+
+def finalize_project(settings: Settings, project_id: int) -> dict:
+    """Mark a project completed once every scene is through its last stage."""
+    with session_scope(settings.database_url) as s:
+        project = s.get(Project, project_id)
+        if project is None:
+            raise LookupError(f"no project {project_id}")
+        if project.status == ProjectStatus.CANCELLED:
+            raise ProjectCancelledError(f"project {project_id} was cancelled")
+        finished = all(
+            sc.registry_status in (StageStatus.DONE, StageStatus.SKIPPED) and sc.generation_status == StageStatus.DONE
+            for sc in project.scenes
+        )
+        if finished and project.status != ProjectStatus.COMPLETED:
+            project.status, project.finished_at = ProjectStatus.COMPLETED, datetime.now(UTC)
+        return {"project_id": project_id, "status": project.status.value}

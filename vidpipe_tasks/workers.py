@@ -1,0 +1,85 @@
+"""Start and stop real Celery worker processes (used by the demo, `vidpipe worker` and the tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidpipe_tasks.settings import Settings
+
+APP = "vidpipe_tasks.celery_app"
+
+
+def worker_argv(
+    name: str, queues: list[str], *, pool: str = "solo", concurrency: int = 1, loglevel: str = "info", embedded: bool
+) -> list[str]:
+    """The celery command line for one worker consuming `queues` under node name `name@host`."""
+    argv = [sys.executable, "-m", "celery", "-A", APP, "worker", "-Q", ",".join(queues), "-n", f"{name}@%h"]
+    argv += ["--pool", pool, "--concurrency", str(concurrency), "-E", "-l", loglevel]
+    if embedded:
+        # Mingle and gossip poll the filesystem broker's fanout folder; on one machine they only add start-up time.
+        argv += ["--without-mingle", "--without-gossip"]
+    return argv
+
+
+@dataclass
+class WorkerProcess:
+    """A worker process this program started."""
+
+    name: str
+    queues: list[str]
+    process: subprocess.Popen
+    logfile: Path
+
+    def ready(self) -> bool:
+        return self.logfile.is_file() and " ready." in self.logfile.read_text(errors="replace")
+
+
+def start_worker(settings: Settings, name: str, queues: list[str], logdir: Path, **options) -> WorkerProcess:
+    """Start one worker in its own session (so a terminal Ctrl-C reaches only us; we stop it warmly)."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    logfile = logdir / f"{name}.log"
+    env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+    argv = worker_argv(name, queues, embedded=settings.is_filesystem_broker, **options)
+    with logfile.open("w") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return WorkerProcess(name, queues, proc, logfile)
+
+
+def wait_ready(workers: list[WorkerProcess], timeout: float = 90.0) -> None:
+    """Block until every worker logged "ready"; raise with the log tail if one died or timed out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for w in workers:
+            if w.process.poll() is not None:
+                raise RuntimeError(f"worker {w.name} exited with {w.process.returncode}:\n{_tail(w.logfile)}")
+        if all(w.ready() for w in workers):
+            return
+        time.sleep(0.2)
+    tails = "\n".join(_tail(w.logfile) for w in workers)
+    raise TimeoutError(f"workers not ready after {timeout:.0f}s:\n{tails}")
+
+
+def stop_workers(workers: list[WorkerProcess], timeout: float = 30.0) -> None:
+    """Warm shutdown (SIGTERM lets the current task finish); SIGKILL whatever outlives `timeout`."""
+    for w in workers:
+        if w.process.poll() is None:
+            w.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        try:
+            w.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(w.process.pid, signal.SIGKILL)
+            w.process.wait()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    if not path.is_file():
+        return f"(no log at {path})"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
