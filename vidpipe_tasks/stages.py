@@ -26,7 +26,7 @@ from vidpipe_tasks.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class ProjectCancelledError(RuntimeError):
+class ProjectCancelled(RuntimeError):
     """The project was cancelled; the rest of its chain must not run."""
 
 
@@ -35,7 +35,7 @@ def load_scene(session: Session, project_id: int, scene_index: int) -> Scene:
     if scene is None:
         raise LookupError(f"project {project_id} has no scene {scene_index}")
     if scene.project.status == ProjectStatus.CANCELLED:
-        raise ProjectCancelledError(f"project {project_id} was cancelled")
+        raise ProjectCancelled(f"project {project_id} was cancelled")
     return scene
 
 
@@ -183,7 +183,7 @@ def finalize_project(settings: Settings, project_id: int) -> dict:
         if project is None:
             raise LookupError(f"no project {project_id}")
         if project.status == ProjectStatus.CANCELLED:
-            raise ProjectCancelledError(f"project {project_id} was cancelled")
+            raise ProjectCancelled(f"project {project_id} was cancelled")
         finished = all(
             sc.registry_status in (StageStatus.DONE, StageStatus.SKIPPED) and sc.generation_status == StageStatus.DONE
             for sc in project.scenes

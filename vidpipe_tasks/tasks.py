@@ -17,7 +17,7 @@ def _settings():
     return app.vidpipe_settings
 
 
-def _stop_if_cancelled(exc: stages.ProjectCancelledError) -> None:
+def _stop_if_cancelled(exc: stages.ProjectCancelled) -> None:
     # Ignore ends this task without failing it and without sending the rest of the chain.
     log.warning("%s; stopping its chain", exc)
     raise Ignore() from exc
@@ -29,7 +29,7 @@ def generate_clip(self: PipelineTask, ref: dict) -> dict:
     try:
         self.progress("generate", 0, 1)
         return stages.generate_scene(_settings(), int(ref["project_id"]), int(ref["scene_index"]))
-    except stages.ProjectCancelledError as exc:
+    except stages.ProjectCancelled as exc:
         _stop_if_cancelled(exc)
 
 
@@ -39,7 +39,7 @@ def analyze_clip(self: PipelineTask, ref: dict) -> dict:
     settings = _settings()
     try:
         request = stages.analysis_request(settings, ref)
-    except stages.ProjectCancelledError as exc:
+    except stages.ProjectCancelled as exc:
         _stop_if_cancelled(exc)
     # Imported here so CPU workers and the client never load the CV stack.
     from gpu_worker.service import analyze_for_registry
@@ -55,7 +55,7 @@ def register_entities(self: PipelineTask, payload: dict) -> dict:
     """Commit a scene's analysis to the registry in one transaction before returning."""
     try:
         return stages.register_entities(_settings(), payload)
-    except stages.ProjectCancelledError as exc:
+    except stages.ProjectCancelled as exc:
         _stop_if_cancelled(exc)
 
 
@@ -64,7 +64,7 @@ def finalize_project(self: PipelineTask, ref: dict) -> dict:
     """Mark the project completed after its last scene."""
     try:
         return stages.finalize_project(_settings(), int(ref["project_id"]))
-    except stages.ProjectCancelledError as exc:
+    except stages.ProjectCancelled as exc:
         _stop_if_cancelled(exc)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -21,6 +22,7 @@ class DetectedFace:
         bbox: (x1, y1, x2, y2) in pixels of that frame, clipped to the frame.
         det_score: detector confidence (engine-specific scale, higher is better).
         embedding: identity embedding, float32, shape (engine.embedding_dim,).
+
     """
 
     frame_index: int

@@ -49,13 +49,23 @@ def analysis(candidates: list[list[float]], matches: list[dict] | None = None) -
         "engine": ENGINE,
         "matches": matches or [],
         "candidates": [
-            {"key": f"c{i}", "frames": [0, 3], "face_count": 2, "crop_path": f"crops/c{i}.png", "quality": 0.9,
-             "bbox": [0, 0, 10, 10], "embedding": emb}
+            {
+                "key": f"c{i}",
+                "frames": [0, 3],
+                "face_count": 2,
+                "crop_path": f"crops/c{i}.png",
+                "quality": 0.9,
+                "bbox": [0, 0, 10, 10],
+                "embedding": emb,
+            }
             for i, emb in enumerate(candidates)
         ],
         "reference_embeddings": {},
-        "continuity": {"score": 0.8, "components": {"identity": 0.9, "adherence": 0.7, "cross_scene": None,
-                                                     "visual": None}, "missing": ["cross_scene", "visual"]},
+        "continuity": {
+            "score": 0.8,
+            "components": {"identity": 0.9, "adherence": 0.7, "cross_scene": None, "visual": None},
+            "missing": ["cross_scene", "visual"],
+        },
     }
 
 

@@ -15,6 +15,7 @@ class CharacterSpec:
         tag: the character's tag in the storyboard (e.g. "mara").
         reference_image: absolute path of the selected reference image, or None when the
             registry has none yet (the generator then invents an appearance).
+
     """
 
     tag: str
@@ -48,7 +49,7 @@ class ClipInfo:
     fps: int
     width: int
     height: int
-    #: Tag -> short description of the appearance used (e.g. "reference", "invented:stock/t1-4").
+    #: Tag -> short description of the appearance used (e.g. "reference", "invented:t1-3").
     appearances: dict[str, str] = field(default_factory=dict)
 
 

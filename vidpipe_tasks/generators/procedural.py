@@ -6,6 +6,9 @@ import math
 import os
 import tempfile
 import zlib
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -15,7 +18,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from vidpipe_tasks.generators.base import CharacterSpec, ClipInfo, ClipRequest
-from vidpipe_tasks.generators.stock import INVENTED_FACE_POOL, background_for, is_stock_uri, resolve_stock_uri, stock_face
+from vidpipe_tasks.generators.stock import (
+    INVENTED_FACE_POOL,
+    background_for,
+    is_stock_uri,
+    resolve_stock_uri,
+    stock_face,
+    stock_face_box,
+)
 
 #: Sprite (head crop) height as a fraction of frame height; the dlib face box is roughly half of it.
 FACE_HEIGHT_FRACTION = 0.45
@@ -51,11 +61,15 @@ def assign_invented_faces(request: ClipRequest, pool: tuple[str, ...] = INVENTED
     """Choose a stock face for every character of the request that has no reference image.
 
     The choice is a pure function of (project_id, scene_index, seed) and the set of reference-less tags.
-    Those tags are ordered by a per-project hash into slots 0, 1, ...; slot ``j`` of scene ``k`` gets
-    ``pool[(base + step * k + j) % len(pool)]`` with ``step = len(pool) // 2``. Hence faces within a scene
-    are distinct (up to ``len(pool)`` characters), a tag never keeps its face from one scene to the next
-    while at most ``step`` characters per scene are reference-less, and a single new character per scene
-    cycles through the whole pool (5 distinct faces in 5 consecutive scenes with the default pool).
+    The pool is split into two halves; even and odd scenes (offset per project) draw first from different
+    halves, each half rotated every other scene. Reference-less tags, ordered by a per-project hash, take
+    the faces in that order. Hence:
+
+    * faces within a scene are distinct (up to ``len(pool)`` reference-less characters);
+    * a tag never keeps its invented face from one scene to the next while at most ``len(pool) // 2``
+      characters per scene are reference-less (2 with the default pool);
+    * a single new character per scene cycles through the whole pool, so a newcomer rarely gets the
+      face of a character invented (and registered) a scene or two earlier.
 
     Args:
         request: the clip request.
@@ -63,6 +77,7 @@ def assign_invented_faces(request: ClipRequest, pool: tuple[str, ...] = INVENTED
 
     Returns:
         Tag -> stock face name, only for characters without a reference image.
+
     """
     tags = sorted(
         {c.tag for c in request.characters if c.reference_image is None},
@@ -73,8 +88,16 @@ def assign_invented_faces(request: ClipRequest, pool: tuple[str, ...] = INVENTED
     if not pool:
         raise ValueError("the invented face pool is empty")
     base = _stable_hash(f"{request.project_id}:{request.seed}")
-    step = max(1, len(pool) // 2)
-    return {tag: pool[(base + step * request.scene_index + slot) % len(pool)] for slot, tag in enumerate(tags)}
+    k = request.scene_index + base
+    half = len(pool) // 2
+    halves = (pool[:half], pool[half:]) if k % 2 == 0 else (pool[half:], pool[:half])
+    order = [face for part in halves if part for face in _rotate(part, k // 2)]
+    return {tag: order[slot % len(order)] for slot, tag in enumerate(tags)}
+
+
+def _rotate(items: tuple[str, ...], n: int) -> tuple[str, ...]:
+    n %= len(items)
+    return items[n:] + items[:n]
 
 
 def _load_reference(character: CharacterSpec) -> Image.Image:
@@ -122,14 +145,14 @@ def _layout(faces: list[tuple[str, Image.Image]], width: int, height: int, capti
         h = _stable_hash(f"motion:{tag}")
         amp_x = max(0.0, min(0.04 * width, (column - max_size) / 2 - 2))
         amp_y = max(0.0, min(0.03 * height, (usable_h - max_size) / 2 - 2))
-        phases = tuple(2 * math.pi * ((h >> shift) & 0xFF) / 256 for shift in (0, 8, 16))
+        phase_x, phase_y, phase_scale = (2 * math.pi * ((h >> shift) & 0xFF) / 256 for shift in (0, 8, 16))
         sprites.append(
             _Sprite(
                 image=_make_sprite(face, math.ceil(max_size)),
                 base_size=size,
                 center=((i + 0.5) * column, usable_h / 2),
                 amplitude=(amp_x, amp_y),
-                phase=phases,  # type: ignore[arg-type]
+                phase=(phase_x, phase_y, phase_scale),
             )
         )
     return sprites
@@ -203,18 +226,37 @@ class _Frames:
 class ProceduralGenerator:
     """Renders clips locally from the storyboard: no network, no GPU, deterministic per request.
 
+    Characters are laid out left to right in request order, one column each, with a head sprite about
+    45% of the frame height (dlib's face box about a quarter of it). At 640x360 up to three characters
+    are reliably detected and recognised by dlib's HOG detector; use 1280x720 for more. Appearances are
+    reported as ``"reference"`` or ``"invented:<stock face name>"``.
+
     Args:
         keyframe_interval_s: seconds between keyframes (GOP length = round(fps * this)); scene-cut
             keyframes are disabled so the interval is exact, which keeps seeking predictable.
         crf: x264 constant rate factor (lower = better quality, bigger files).
         preset: x264 speed preset.
+        invented_pool: stock faces for characters without a reference image (see ``assign_invented_faces``).
+
     """
 
     name = "procedural"
 
-    def __init__(self, *, keyframe_interval_s: float = 2.0, crf: int = 23, preset: str = "veryfast") -> None:
+    def __init__(
+        self,
+        *,
+        keyframe_interval_s: float = 2.0,
+        crf: int = 23,
+        preset: str = "veryfast",
+        invented_pool: tuple[str, ...] = INVENTED_FACE_POOL,
+    ) -> None:
         if keyframe_interval_s <= 0:
             raise ValueError("keyframe_interval_s must be positive")
+        for face in invented_pool:
+            stock_face_box(face)  # fail fast on unknown names
+        if not invented_pool:
+            raise ValueError("invented_pool must name at least one stock face")
+        self.invented_pool = tuple(invented_pool)
         self.keyframe_interval_s = keyframe_interval_s
         self.crf = crf
         self.preset = preset
@@ -227,7 +269,7 @@ class ProceduralGenerator:
         """Render ``request`` to ``request.output_path`` (atomically) and describe the result."""
         _validate(request)
         frame_count = max(1, round(request.duration_s * request.fps))
-        invented = assign_invented_faces(request)
+        invented = assign_invented_faces(request, self.invented_pool)
         faces: list[tuple[str, Image.Image]] = []
         appearances: dict[str, str] = {}
         for character in request.characters:
@@ -277,18 +319,33 @@ class ProceduralGenerator:
             stream.pix_fmt = "yuv420p"
             stream.codec_context.gop_size = gop
             stream.codec_context.time_base = Fraction(1, frames.fps)
-            for index in range(frames.frame_count):
-                frame = av.VideoFrame.from_image(frames.render(index))
+            # Pillow and x264 both release the GIL, so drawing frames in a helper thread overlaps encoding.
+            for index, image in enumerate(_prefetch(frames.render, frames.frame_count)):
+                frame = av.VideoFrame.from_image(image)
                 frame.pts = index
                 frame.time_base = Fraction(1, frames.fps)
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
 
 
+def _prefetch(render: Callable[[int], Image.Image], count: int, depth: int = 4) -> Iterator[Image.Image]:
+    """Yield ``render(0..count-1)`` in order, drawing up to ``depth`` frames ahead in a helper thread."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vidpipe-render") as pool:
+        pending: deque[Future[Image.Image]] = deque()
+        for index in range(count):
+            pending.append(pool.submit(render, index))
+            if len(pending) > depth:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _validate(request: ClipRequest) -> None:
     """Reject requests the encoder cannot honour, with a message naming the field."""
     if request.width <= 0 or request.height <= 0 or request.width % 2 or request.height % 2:
-        raise ValueError(f"width and height must be positive and even for yuv420p, got {request.width}x{request.height}")
+        raise ValueError(
+            f"width and height must be positive and even for yuv420p, got {request.width}x{request.height}"
+        )
     if request.fps <= 0:
         raise ValueError(f"fps must be positive, got {request.fps}")
     if request.duration_s <= 0:

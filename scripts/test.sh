@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Fresh machine -> tests: install, lint, then unit and integration tiers (gpu tier skips without CUDA).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,100 @@
+"""A real distributed run on the embedded broker: two worker processes, three projects at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from sqlalchemy import select
+
+from tests.conftest import DATA, make_settings
+from vidpipe_tasks import media
+from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.db.models import Clip, Project, Scene
+from vidpipe_tasks.db.session import session_scope
+from vidpipe_tasks.demo import example_paths
+from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings
+from vidpipe_tasks.storyboard import load_storyboard
+from vidpipe_tasks.workers import WorkerProcess, start_worker, stop_workers, wait_ready
+from vidpipe_tasks.workflow import create_project, enqueue_project
+
+RUN_TIMEOUT_S = 900
+
+
+@dataclass
+class PipelineRun:
+    settings: Settings
+    app: Celery
+    workers: list[WorkerProcess]
+    lighthouse: int
+    quay: int
+    market: int
+
+
+def _example(name: str) -> Path:
+    return next(p for p in example_paths() if p.name == name)
+
+
+def _corrupt_clip(settings: Settings, project_id: int, scene_index: int) -> None:
+    """Store a garbage file as the scene's finished clip: generate_clip reuses it, analysis cannot read it."""
+    garbage = b"this is not an mp4 file\n" * 64
+    relative = media.clip_path(project_id, scene_index)
+    path = media.absolute(settings.media_root, relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(garbage)
+    with session_scope(settings.database_url) as s:
+        scene = s.scalar(select(Scene).where(Scene.project_id == project_id, Scene.scene_index == scene_index))
+        s.add(
+            Clip(
+                scene_id=scene.id,
+                path=relative,
+                size_bytes=len(garbage),
+                frame_count=0,
+                fps=12,
+                width=640,
+                height=360,
+                generator="test-corrupt",
+            )
+        )
+
+
+def _wait_all(settings: Settings, ids: list[int], workers: list[WorkerProcess]) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with session_scope(settings.database_url) as s:
+            states = [s.get(Project, i).status.value for i in ids]
+        if all(st in ("COMPLETED", "FAILED", "CANCELLED") for st in states):
+            return
+        dead = [w.name for w in workers if w.process.poll() is not None]
+        assert not dead, f"worker(s) died: {dead}"
+        time.sleep(0.5)
+    logs = "\n".join(w.logfile.read_text()[-3000:] for w in workers)
+    pytest.fail(f"projects not finished after {RUN_TIMEOUT_S}s: {states}\n{logs}")
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineRun]:
+    """Submit three projects at once to one generation+registry worker and one CV worker."""
+    settings = make_settings(tmp_path_factory.mktemp("pipeline") / "work", store_processed=True)
+    app = create_app(settings)
+    lighthouse = create_project(settings, _example("lighthouse.yaml"), load_storyboard(_example("lighthouse.yaml")))
+    quay = create_project(settings, DATA / "quay.yaml", load_storyboard(DATA / "quay.yaml"))
+    market = create_project(settings, _example("market.yaml"), load_storyboard(_example("market.yaml")))
+    _corrupt_clip(settings, quay, 2)
+    logs = settings.home / "logs"
+    workers = [
+        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
+        start_worker(settings, "cv", [CV_QUEUE], logs),
+    ]
+    try:
+        wait_ready(workers)
+        for project_id in (lighthouse, quay, market):
+            enqueue_project(app, settings, project_id)
+        _wait_all(settings, [lighthouse, quay, market], workers)
+        yield PipelineRun(settings, app, workers, lighthouse, quay, market)
+    finally:
+        stop_workers(workers)
