@@ -10,7 +10,6 @@ from pathlib import Path
 
 from gpu_worker.analysis import analyze_clip
 from gpu_worker.lifecycle import get_engine
-
 from vidpipe_tasks.generators.base import CharacterSpec, ClipRequest
 from vidpipe_tasks.generators.procedural import ProceduralGenerator
 from vidpipe_tasks.generators.stock import stock_face

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -13,16 +12,14 @@ from pathlib import Path
 import yaml
 from sqlalchemy import select
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.conftest import make_settings  # noqa: E402
-from vidpipe_tasks.celery_app import create_app  # noqa: E402
-from vidpipe_tasks.db.models import Project, TaskRun  # noqa: E402
-from vidpipe_tasks.db.session import session_scope  # noqa: E402
-from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE  # noqa: E402
-from vidpipe_tasks.storyboard import load_storyboard  # noqa: E402
-from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready  # noqa: E402
-from vidpipe_tasks.workflow import create_project, enqueue_project  # noqa: E402
+from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.db.migrate import prepare_installation
+from vidpipe_tasks.db.models import Project, TaskRun
+from vidpipe_tasks.db.session import session_scope
+from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, load_settings
+from vidpipe_tasks.storyboard import load_storyboard
+from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
+from vidpipe_tasks.workflow import create_project, enqueue_project
 
 
 def storyboard(scenes: int) -> dict:
@@ -41,7 +38,8 @@ def storyboard(scenes: int) -> dict:
 
 
 def run_once(home: Path, scenes: int, poll: float) -> dict[str, list[float]]:
-    settings = replace(make_settings(home), poll_interval=poll)
+    settings = replace(load_settings({"VIDPIPE_HOME": str(home)}), poll_interval=poll)
+    prepare_installation(settings)
     path = home / "bench.yaml"
     path.write_text(yaml.safe_dump(storyboard(scenes)))
     project = create_project(settings, path, load_storyboard(path))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vidpipe_tasks.settings import Settings, load_settings, prepare_folders
+from vidpipe_tasks.db.migrate import prepare_installation
+from vidpipe_tasks.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -22,10 +23,7 @@ def make_settings(home: Path, **overrides: object) -> Settings:
     from dataclasses import replace
 
     settings = replace(load_settings({"VIDPIPE_HOME": str(home)}), **overrides)
-    prepare_folders(settings)
-    from vidpipe_tasks.db.migrate import upgrade_database
-
-    upgrade_database(settings.database_url)
+    prepare_installation(settings)
     return settings
 
 

@@ -30,12 +30,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    prepare_folders(settings)
-    from vidpipe_tasks.db.migrate import upgrade_database
+    from vidpipe_tasks.db.migrate import prepare_installation
     from vidpipe_tasks.storyboard import load_storyboards
 
     load_storyboards([Path(p) for p in args.files])  # fail before touching the database
-    upgrade_database(settings.database_url)
+    prepare_installation(settings)
     from vidpipe_tasks.celery_app import app
     from vidpipe_tasks.workflow import submit
 
@@ -82,10 +81,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    prepare_folders(settings)
-    from vidpipe_tasks.db.migrate import upgrade_database
+    from vidpipe_tasks.db.migrate import prepare_installation
 
-    upgrade_database(settings.database_url)
+    prepare_installation(settings)
     print(f"database at head: {settings.database_url}")
     return 0
 

@@ -7,7 +7,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings, prepare_folders
+from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
@@ -34,10 +34,9 @@ def run_demo(work_dir: Path, *, fresh: bool = False, timeout: float = 1200.0) ->
     load_storyboards(paths)  # validate before starting anything
     if fresh:
         reset_work_folder(settings)
-    prepare_folders(settings)
-    from vidpipe_tasks.db.migrate import upgrade_database
+    from vidpipe_tasks.db.migrate import prepare_installation
 
-    upgrade_database(settings.database_url)
+    prepare_installation(settings)
     leftovers = purge_queue_folder(settings)
     if leftovers:
         print(f"removed {leftovers} leftover message(s) from an interrupted run")

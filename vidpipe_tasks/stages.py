@@ -57,6 +57,12 @@ def _complete_clip(settings: Settings, scene: Scene) -> bool:
     return path.is_file() and path.stat().st_size == clip.size_bytes
 
 
+def _mark_generated(scene: Scene) -> None:
+    scene.generation_status = StageStatus.DONE
+    if scene.project.manifest_id is None:
+        scene.analysis_status = scene.registry_status = StageStatus.SKIPPED
+
+
 def _select(session: Session, scene: Scene) -> tuple[dict, dict]:
     """Choose references and record them in the scene manifest (manifest projects only)."""
     project = scene.project
@@ -83,6 +89,7 @@ def generate_scene(settings: Settings, project_id: int, scene_index: int) -> dic
         scene = load_scene(s, project_id, scene_index)
         if _complete_clip(settings, scene):
             log.info("project %s scene %s: reusing stored clip %s", project_id, scene_index, scene.clip.path)
+            _mark_generated(scene)
             return scene_ref(scene)
         if scene.project.status == ProjectStatus.PENDING:
             scene.project.status = ProjectStatus.RUNNING
@@ -99,10 +106,8 @@ def generate_scene(settings: Settings, project_id: int, scene_index: int) -> dic
         clip.size_bytes = info.path.stat().st_size
         clip.frame_count, clip.fps, clip.width, clip.height = info.frame_count, info.fps, info.width, info.height
         clip.generator, clip.appearances = settings.generator, dict(info.appearances)
-        s.add(clip)
-        scene.generation_status = StageStatus.DONE
-        if scene.project.manifest_id is None:
-            scene.analysis_status = scene.registry_status = StageStatus.SKIPPED
+        scene.clip = clip
+        _mark_generated(scene)
         s.flush()
         return scene_ref(scene)
 
@@ -188,6 +193,7 @@ def finalize_project(settings: Settings, project_id: int) -> dict:
             sc.registry_status in (StageStatus.DONE, StageStatus.SKIPPED) and sc.generation_status == StageStatus.DONE
             for sc in project.scenes
         )
-        if finished and project.status != ProjectStatus.COMPLETED:
-            project.status, project.finished_at = ProjectStatus.COMPLETED, datetime.now(UTC)
+        # The chain's last link: a scene still unfinished here means the chain lost work; say so.
+        project.status = ProjectStatus.COMPLETED if finished else ProjectStatus.FAILED
+        project.finished_at = project.finished_at if project.finished_at and finished else datetime.now(UTC)
         return {"project_id": project_id, "status": project.status.value}

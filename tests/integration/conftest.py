@@ -22,7 +22,7 @@ from vidpipe_tasks.storyboard import load_storyboard
 from vidpipe_tasks.workers import WorkerProcess, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
 
-RUN_TIMEOUT_S = 900
+RUN_TIMEOUT_S = 420
 
 
 @dataclass

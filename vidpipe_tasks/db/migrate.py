@@ -7,6 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from vidpipe_tasks.settings import Settings, prepare_folders
+
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
@@ -21,3 +23,9 @@ def alembic_config(database_url: str) -> Config:
 def upgrade_database(database_url: str) -> None:
     """Bring the database at `database_url` to the newest schema (idempotent)."""
     command.upgrade(alembic_config(database_url), "head")
+
+
+def prepare_installation(settings: Settings) -> None:
+    """Create the work folders and migrate the database: everything a command needs before it runs."""
+    prepare_folders(settings)
+    upgrade_database(settings.database_url)

@@ -1,0 +1,54 @@
+"""The continuity score of a scene and its components (a component that cannot be computed is None, not 0)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+COMPONENTS = ("identity", "adherence", "cross_scene", "visual")
+
+
+def identity_component(matches: list[dict]) -> float | None:
+    """Mean similarity of matched faces to their reference embedding; None when nothing matched."""
+    sims = [m["similarity"] for m in matches]
+    return float(np.mean(sims)) if sims else None
+
+
+def adherence_component(declared: list[str], referenced: set[str], matched: set[str], candidates: int) -> float | None:
+    """Share of declared characters seen.
+
+    A character with a registered reference counts as seen when it matched; characters without one
+    count as seen as far as new-face candidates cover them. None when the scene declares nobody.
+    """
+    if not declared:
+        return None
+    with_ref = [c for c in declared if c in referenced]
+    without_ref = [c for c in declared if c not in referenced]
+    seen = sum(1 for c in with_ref if c in matched) + min(len(without_ref), candidates)
+    return seen / len(declared)
+
+
+def cross_scene_component(
+    scene_embeddings: dict[int, np.ndarray],
+    previous: list[dict],
+    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> float | None:
+    """Mean similarity of this scene's face of each asset to its earlier appearances in the project."""
+    sims = []
+    for item in previous:
+        current = scene_embeddings.get(int(item["asset_id"]))
+        if current is not None and item.get("embedding") is not None:
+            sims.append(float(similarity(current[None, :], np.asarray([item["embedding"]], dtype=np.float32))[0, 0]))
+    return float(np.mean(sims)) if sims else None
+
+
+def continuity(components: dict[str, float | None]) -> dict:
+    """Combine components: the score is the mean of those present; missing ones are listed by name."""
+    full = {name: components.get(name) for name in COMPONENTS}
+    present = [v for v in full.values() if v is not None]
+    return {
+        "score": float(np.mean(present)) if present else None,
+        "components": full,
+        "missing": [name for name, v in full.items() if v is None],
+    }
