@@ -125,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # kombu warns that the filesystem transport has no hostname; that is expected and only noise here.
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

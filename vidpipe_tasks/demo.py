@@ -104,16 +104,27 @@ def _score(value: float | None) -> str:
     return "missing" if value is None else f"{value:.2f}"
 
 
+def _references(scene: dict) -> str:
+    parts = []
+    for character, ref in scene["selected_references"].items():
+        origin = " (extracted from a clip)" if ref.get("source") == "CLIP_EXTRACT" else ""
+        parts.append(f"{character}->{ref['tag']}{origin}")
+    return ", ".join(parts) or "none"
+
+
 def print_summary(statuses: list[dict]) -> None:
     """Per scene: references used, characters matched, assets registered, continuity."""
     print("\n=== summary ===")
     for project in statuses:
         print(f"project {project['project_id']}: {project['title']} — {project['status']}")
         for sc in project["scenes"]:
-            refs = ", ".join(f"{c}->{t}" for c, t in sc["selected_reference_tags"].items()) or "none"
+            if sc["stages"]["analysis"] == "SKIPPED":
+                print(f"  scene {sc['scene_index']}: generated; no manifest, so no CV analysis")
+                continue
             comps = ", ".join(f"{k}={_score(v)}" for k, v in sc["continuity_components"].items())
             print(
-                f"  scene {sc['scene_index']}: references {refs}; matched {', '.join(sc['matched_tags']) or 'none'}; "
+                f"  scene {sc['scene_index']}: references {_references(sc)}; "
+                f"matched {', '.join(sc['matched_tags']) or 'none'}; "
                 f"new assets {', '.join(sc['new_asset_tags']) or 'none'}; continuity {_score(sc['continuity_score'])}"
                 + (f" ({comps})" if comps else "")
             )

@@ -52,6 +52,7 @@ def _scene(scene, runs: list[TaskRun]) -> dict:
         },
         "clip_path": scene.clip.path if scene.clip else None,
         "selected_reference_tags": (sm.selected_reference_tags if sm else {}) or {},
+        "selected_references": ((sm.manifest_json if sm else None) or {}).get("references", {}),
         "matched_tags": sorted({m.get("asset_tag") or m.get("tag") for m in analysis.get("matches", [])} - {None}),
         "new_asset_tags": (sm.new_asset_tags if sm else []) or [],
         "continuity_score": sm.continuity_score if sm else None,
