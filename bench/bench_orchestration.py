@@ -45,8 +45,8 @@ def run_once(home: Path, scenes: int, poll: float) -> dict[str, list[float]]:
     project = create_project(settings, path, load_storyboard(path))
     logs = home / "logs"
     workers = [
-        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs, loglevel="warning"),
-        start_worker(settings, "cv", [CV_QUEUE], logs, loglevel="warning"),
+        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
+        start_worker(settings, "cv", [CV_QUEUE], logs),
     ]
     try:
         wait_ready(workers)

@@ -58,7 +58,7 @@ def run_demo(work_dir: Path, *, fresh: bool = False, timeout: float = 1200.0) ->
         print("submitted projects " + ", ".join(f"{i} ({p.name})" for i, p in zip(ids, paths, strict=True)))
         statuses = follow(settings, ids, timeout)
     except KeyboardInterrupt:
-        print("\ninterrupted: stopping workers (the current task finishes; `vidpipe` can resume later)")
+        print("\ninterrupted: stopping workers (each finishes the task it is running)")
         return 130
     finally:
         stop_workers(workers)

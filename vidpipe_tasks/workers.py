@@ -41,7 +41,12 @@ class WorkerProcess:
 
 
 def start_worker(settings: Settings, name: str, queues: list[str], logdir: Path, **options) -> WorkerProcess:
-    """Start one worker in its own session (so a terminal Ctrl-C reaches only us; we stop it warmly)."""
+    """Start one worker in its own session (so a terminal Ctrl-C reaches only us; we stop it warmly).
+
+    `wait_ready` reads the worker's "ready." line, which Celery logs at INFO: keep loglevel at info or debug.
+    """
+    if options.get("loglevel", "info").lower() not in ("info", "debug"):
+        raise ValueError("start_worker needs loglevel info or debug (readiness is read from the log)")
     logdir.mkdir(parents=True, exist_ok=True)
     logfile = logdir / f"{name}.log"
     env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}

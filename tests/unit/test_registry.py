@@ -169,3 +169,24 @@ def test_a_degraded_analysis_marks_the_scene_and_registers_nothing(settings, tmp
 def test_strip_embeddings_removes_nested_arrays() -> None:
     stripped = strip_embeddings({"a": [{"embedding": [1.0] * 128, "k": 1}], "reference_embeddings": {"1": [0.0]}})
     assert stripped == {"a": [{"k": 1}]}
+
+
+def test_concurrent_registrations_into_one_manifest_mint_unique_tags_and_one_asset_per_face(settings, tmp_path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    projects = [new_project(settings, tmp_path) for _ in range(4)]
+    for pid in projects:
+        generated(settings, pid, 1)
+    # Projects 0 and 1 saw the same new face; 2 and 3 saw different ones. All commit at once.
+    shared = face(42)
+    inputs = [[shared], [list(np.asarray(shared) + 0.005)], [face(43)], [face(44)]]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = [(p, 1, analysis(c)) for p, c in zip(projects, inputs, strict=True)]
+        list(pool.map(lambda args: register(settings, *args), jobs))
+    with session_scope(settings.database_url) as s:
+        tags = s.scalars(select(Asset.tag).where(Asset.source == AssetSource.CLIP_EXTRACT)).all()
+        shared_owners = s.scalars(
+            select(AssetAppearance.asset_id).where(AssetAppearance.project_id.in_(projects[:2]))
+        ).all()
+    assert len(tags) == len(set(tags)) == 3  # three different faces, three assets, no tag twice
+    assert len(set(shared_owners)) == 1  # the shared face is one asset seen by both projects
