@@ -173,17 +173,21 @@ def load_storyboard(path: Path) -> Storyboard:
     try:
         board = Storyboard.model_validate(data)
     except ValidationError as exc:
-        raise StoryboardError([(name, _field(e["loc"]), _reason(e)) for e in exc.errors()]) from None
+        raise StoryboardError([(name, *_field_and_reason(e)) for e in exc.errors()]) from None
     problems = [(name, f, r) for f, r in _reference_problems(board, path.parent)]
     if problems:
         raise StoryboardError(problems)
     return board
 
 
-def _reason(error: dict) -> str:
-    msg = error["msg"]
-    # pydantic wraps model-level errors as "Value error, ..."; keep the reason itself.
-    return re.sub(r"^Value error, ", "", msg)
+def _field_and_reason(error: dict) -> tuple[str, str]:
+    # pydantic prefixes custom errors with "Value error, "; keep the reason itself.
+    reason = re.sub(r"^Value error, ", "", error["msg"])
+    # Cross-field checks run on the whole model and name their field at the start of the reason.
+    named = re.match(r"^([a-z_]+(?:\.\w+)*): (.*)$", reason, re.S) if not error["loc"] else None
+    if named:
+        return named.group(1), named.group(2)
+    return _field(error["loc"]), reason
 
 
 def _reference_problems(board: Storyboard, base: Path) -> list[tuple[str, str]]:
