@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Ignore
 from sqlalchemy import select
 
 from vidpipe_tasks.db.models import TaskRun
 from vidpipe_tasks.db.session import session_scope
+from vidpipe_tasks.errors import ProjectCancelled
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ class PipelineTask(Task):
         self._record_start(task_id, args)
         try:
             result = super().__call__(*args, **kwargs)
+        except ProjectCancelled as exc:
+            self._record_finish(task_id, "cancelled", str(exc))
+            # Ignore ends this task without failing it and without sending the rest of the chain.
+            raise Ignore() from exc
         except Exception as exc:
             self._record_finish(task_id, "failure", f"{type(exc).__name__}: {exc}")
             raise
@@ -72,7 +78,7 @@ class PipelineTask(Task):
     def progress(self, stage: str, done: int, total: int, **info: Any) -> None:
         """Report progress to the result backend (API clients) and as an event (Flower, `celery events`)."""
         meta = {"stage": stage, "done": done, "total": total, **info}
-        if self.request.id is None:
+        if self.request.id is None or self.request.is_eager:  # no worker, nobody watching
             return
         self.update_state(state="PROGRESS", meta=meta)
         self.send_event("task-progress", **meta)

@@ -19,15 +19,12 @@ from vidpipe_tasks.db.models import (
     StageStatus,
 )
 from vidpipe_tasks.db.session import session_scope
+from vidpipe_tasks.errors import ProjectCancelled
 from vidpipe_tasks.generators.base import CharacterSpec, ClipRequest
 from vidpipe_tasks.registry import character_assets, register_scene, select_references
 from vidpipe_tasks.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class ProjectCancelled(RuntimeError):
-    """The project was cancelled; the rest of its chain must not run."""
 
 
 def load_scene(session: Session, project_id: int, scene_index: int) -> Scene:
