@@ -19,7 +19,7 @@ def analyze_for_registry(request: dict, settings: Settings) -> dict:
 
     """
     from gpu_worker.analysis import analyze_clip_safely, degraded_result
-    from gpu_worker.lifecycle import get_engine
+    from gpu_worker.lifecycle import engine_reason, get_engine
 
     try:
         engine = get_engine(settings.face_engine)
@@ -29,6 +29,9 @@ def analyze_for_registry(request: dict, settings: Settings) -> dict:
     result = analyze_clip_safely(request, settings.media_root, engine, max_frames=settings.analysis_max_frames)
     result.setdefault("engine", {})
     result["engine"].update(
-        face=engine.name, metric=ENGINE_METRICS[engine.name], match_threshold=float(engine.match_threshold)
+        face=engine.name,
+        choice=engine_reason(settings.face_engine),
+        metric=ENGINE_METRICS[engine.name],
+        match_threshold=float(engine.match_threshold),
     )
     return result

@@ -46,10 +46,6 @@ class Settings:
     def is_filesystem_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
 
-    def with_home(self, home: Path) -> Settings:
-        """Return the embedded default rooted at another work folder."""
-        return replace(self, **_embedded(home.resolve()))
-
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process (workers)."""
         env = {}

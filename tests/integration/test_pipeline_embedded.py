@@ -124,6 +124,7 @@ def test_stored_analysis_has_no_embeddings_and_every_analysed_scene_has_a_score(
         for scene in scenes:
             stored = scene.scene_manifest.cv_analysis_json
             assert stored["status"] == "ok"
+            assert stored["engine"]["face"] == "dlib-offline" and "auto" in stored["engine"]["choice"]
             assert max(numeric_lists(stored), default=0) < 16, "an embedding-sized array was stored"
             assert scene.scene_manifest.continuity_score is not None
             assert set(stored["continuity"]["components"]) >= {"identity", "adherence", "cross_scene", "visual"}
