@@ -79,6 +79,47 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_resume(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from vidpipe_tasks.celery_app import app
+    from vidpipe_tasks.workflow import NothingToRun, enqueue_project
+
+    code = 0
+    for project_id in args.projects:
+        try:
+            enqueue_project(app, settings, project_id)
+            print(f"project {project_id}: queued again from its first unfinished scene")
+        except (LookupError, NothingToRun) as exc:
+            print(str(exc), file=sys.stderr)
+            code = 1
+    return code
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from vidpipe_tasks.workflow import cancel_project
+
+    try:
+        for project_id in args.projects:
+            cancel_project(settings, project_id)
+            print(f"project {project_id}: cancelled (queued tasks stop when a worker takes them)")
+    except LookupError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from vidpipe_tasks.wait import wait_for
+
+    try:
+        return wait_for(settings, args.projects, args.timeout)
+    except LookupError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from vidpipe_tasks.db.migrate import prepare_installation
@@ -116,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("project", type=int)
     status.add_argument("--json", action="store_true", help="machine-readable (docs/status-json.md)")
     status.set_defaults(func=cmd_status)
+
+    wait = sub.add_parser("wait", help="follow projects until they end (exit 1 if any failed, 124 on timeout)")
+    wait.add_argument("projects", type=int, nargs="+")
+    wait.add_argument("--timeout", type=float, default=3600.0)
+    wait.set_defaults(func=cmd_wait)
+
+    resume = sub.add_parser("resume", help="queue a project again from its first scene not yet registered")
+    resume.add_argument("projects", type=int, nargs="+")
+    resume.set_defaults(func=cmd_resume)
+
+    cancel = sub.add_parser("cancel", help="cancel projects; their queued tasks stop themselves")
+    cancel.add_argument("projects", type=int, nargs="+")
+    cancel.set_defaults(func=cmd_cancel)
 
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 from celery import Celery, chain
@@ -130,23 +131,45 @@ def _pending_scenes(project: Project) -> list[int]:
     return [] if first is None else [s.scene_index for s in project.scenes if s.scene_index >= first]
 
 
+class NothingToRun(ValueError):
+    """Every scene of the project is already through its last stage."""
+
+
 def enqueue_project(app: Celery, settings: Settings, project_id: int, priority: int | None = None) -> str:
-    """Queue the chain from the first scene not yet through its last stage; returns the root task id."""
+    """Queue the chain from the first scene not yet through its last stage; returns the root task id.
+
+    Used by submit and by resume: every task is idempotent, so re-running a scene that was half done
+    (clip stored, analysis lost) completes it without duplicating anything.
+    """
     with session_scope(settings.database_url) as s:
         project = s.get(Project, project_id)
         if project is None:
             raise LookupError(f"no project {project_id}")
         scenes = _pending_scenes(project)
-        workflow = build_chain(app, project_id, scenes, with_analysis=project.manifest_id is not None)
-        options = {} if priority is None else {"priority": priority}
-        result = workflow.apply_async(**options)
-        root = result
-        while root.parent is not None:
-            root = root.parent
-        project.chain_root_id = root.id
-        if project.status in (ProjectStatus.FAILED, ProjectStatus.CANCELLED, ProjectStatus.COMPLETED):
-            project.status = ProjectStatus.RUNNING if scenes else project.status
-        return root.id
+        if not scenes:
+            raise NothingToRun(f"project {project_id} has no scene left to run")
+        with_analysis = project.manifest_id is not None
+        if project.status != ProjectStatus.PENDING:
+            # Committed before anything is sent: a cancelled project's tasks would otherwise stop themselves.
+            project.status, project.finished_at = ProjectStatus.RUNNING, None
+    result = build_chain(app, project_id, scenes, with_analysis).apply_async(
+        **({} if priority is None else {"priority": priority})
+    )
+    while result.parent is not None:
+        result = result.parent
+    with session_scope(settings.database_url) as s:
+        s.get(Project, project_id).chain_root_id = result.id
+    return result.id
+
+
+def cancel_project(settings: Settings, project_id: int) -> None:
+    """Mark a project cancelled: its queued tasks stop themselves (and its chain) when a worker takes them."""
+    with session_scope(settings.database_url) as s:
+        project = s.get(Project, project_id)
+        if project is None:
+            raise LookupError(f"no project {project_id}")
+        if project.status != ProjectStatus.COMPLETED:
+            project.status, project.finished_at = ProjectStatus.CANCELLED, datetime.now(UTC)
 
 
 def submit(app: Celery, settings: Settings, paths: list[Path], priority: int | None = None) -> list[int]:

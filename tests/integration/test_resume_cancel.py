@@ -1,0 +1,116 @@
+"""Operations on real workers: resume after a worker died mid-task, cancel, and wait's exit code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.conftest import make_settings
+from tests.integration.conftest import _example
+from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.db.models import Asset, Clip, Project, TaskRun
+from vidpipe_tasks.db.session import session_scope
+from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE
+from vidpipe_tasks.storyboard import load_storyboard
+from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
+from vidpipe_tasks.workflow import create_project, enqueue_project
+
+
+def vidpipe(settings, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vidpipe_tasks.cli", "--home", str(settings.home), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture
+def settings(tmp_path: Path):
+    return make_settings(tmp_path / "work")
+
+
+def running_generation(settings, project_id: int) -> TaskRun | None:
+    with session_scope(settings.database_url) as s:
+        stmt = select(TaskRun).where(
+            TaskRun.project_id == project_id,
+            TaskRun.task_name == "vidpipe.generate_clip",
+            TaskRun.outcome == "running",
+            TaskRun.scene_index >= 2,
+        )
+        return s.scalar(stmt)
+
+
+def test_resume_completes_a_project_whose_worker_died_mid_task_without_duplicates(settings) -> None:
+    board = _example("lighthouse.yaml")
+    project = create_project(settings, board, load_storyboard(board))
+    logs = settings.home / "logs"
+    gen = start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs)
+    cv = start_worker(settings, "cv", [CV_QUEUE], logs)
+    workers = [gen, cv]
+    try:
+        wait_ready(workers)
+        enqueue_project(create_app(settings), settings, project)
+        # Given a worker killed while it renders a later scene (its message is gone with it)
+        deadline = time.monotonic() + 180
+        while (run := running_generation(settings, project)) is None:
+            assert time.monotonic() < deadline, "no later scene started"
+            time.sleep(0.02)
+        os.killpg(gen.process.pid, signal.SIGKILL)
+        gen.process.wait()
+        gen = start_worker(settings, "gen2", [GENERATION_QUEUE, REGISTRY_QUEUE], logs)
+        workers = [gen, cv]
+        wait_ready(workers)
+        # Then the project stalls: nothing is left in any queue for it
+        assert vidpipe(settings, "wait", str(project), "--timeout", "4").returncode == 124
+        # When it is resumed, it completes from the scene that was lost
+        resumed = vidpipe(settings, "resume", str(project))
+        assert resumed.returncode == 0, resumed.stderr
+        waited = vidpipe(settings, "wait", str(project), "--timeout", "300")
+        assert waited.returncode == 0, waited.stdout + waited.stderr
+        assert "4/4 COMPLETED" in waited.stdout
+    finally:
+        stop_workers(workers)
+    with session_scope(settings.database_url) as s:
+        assert s.get(Project, project).status.value == "COMPLETED"
+        assert s.scalar(select(func.count()).select_from(Clip)) == 4
+        assert s.scalars(select(Asset.tag).where(Asset.tag.like("wren%"))).all() == ["wren"]
+        lost = s.scalar(select(TaskRun).where(TaskRun.task_id == run.task_id))
+        redo = s.scalars(
+            select(TaskRun.outcome).where(
+                TaskRun.task_name == "vidpipe.generate_clip", TaskRun.scene_index == run.scene_index
+            )
+        ).all()
+    assert lost.outcome == "running" and "success" in redo  # the killed run never finished; the resumed one did
+    assert vidpipe(settings, "resume", str(project)).returncode == 1  # nothing left to run
+
+
+def test_a_cancelled_project_runs_nothing_and_wait_exits_non_zero(settings) -> None:
+    board = _example("market.yaml")
+    project = create_project(settings, board, load_storyboard(board))
+    enqueue_project(create_app(settings), settings, project)
+    assert vidpipe(settings, "cancel", str(project)).returncode == 0
+    workers = [start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], settings.home / "logs")]
+    try:
+        wait_ready(workers)
+        waited = vidpipe(settings, "wait", str(project), "--timeout", "60")
+        deadline = time.monotonic() + 60
+        while True:  # the queued first task is taken and stops itself
+            with session_scope(settings.database_url) as s:
+                outcomes = s.scalars(select(TaskRun.outcome).where(TaskRun.project_id == project)).all()
+            if outcomes or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        stop_workers(workers)
+    assert waited.returncode == 1 and "CANCELLED" in waited.stdout
+    assert outcomes == ["cancelled"]
+    with session_scope(settings.database_url) as s:
+        assert s.scalar(select(func.count()).select_from(Clip)) == 0
