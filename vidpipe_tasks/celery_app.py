@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
+from celery.signals import worker_init
 from kombu import Exchange, Queue
 
 from vidpipe_tasks.settings import ALL_QUEUES, CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
@@ -77,6 +80,16 @@ def create_app(settings: Settings) -> Celery:
 
 settings = load_settings()
 app = create_app(settings)
+
+
+@worker_init.connect
+def _warm_face_engine(**_: object) -> None:
+    """CV workers started by the launcher load their face engine before taking the first task."""
+    if os.environ.get("VIDPIPE_WARM_ENGINE") == "1":
+        from gpu_worker.lifecycle import get_engine  # only CV workers set the variable
+
+        get_engine(settings.face_engine)
+
 
 # Registers the tasks on `app`; imported last because the tasks module needs `app`.
 import vidpipe_tasks.tasks  # noqa: E402, F401

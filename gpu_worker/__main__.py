@@ -1,0 +1,35 @@
+"""`python -m gpu_worker` (also the `vidpipe-gpu-worker` command): run the CV workers of this host."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from gpu_worker.launcher import Launcher, discover_gpus, plan_slots
+from vidpipe_tasks.db.migrate import prepare_installation
+from vidpipe_tasks.settings import load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vidpipe-gpu-worker", description=__doc__)
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--processes", type=int, help="cpu: how many processes; cuda: use at most this many GPUs")
+    parser.add_argument("--logdir", type=Path, help="one log per worker (default: $VIDPIPE_HOME/logs)")
+    parser.add_argument("--loglevel", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    prepare_installation(settings)
+    try:
+        slots = plan_slots(args.device, args.processes, discover_gpus())
+    except (RuntimeError, ValueError) as exc:
+        print(f"vidpipe-gpu-worker: {exc}", file=sys.stderr)
+        return 2
+    launcher = Launcher(settings, slots, args.logdir or settings.home / "logs", loglevel=args.loglevel)
+    return launcher.run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
