@@ -7,7 +7,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
+from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
@@ -40,17 +40,19 @@ def run_demo(work_dir: Path, *, fresh: bool = False, timeout: float = 1200.0) ->
     leftovers = purge_queue_folder(settings)
     if leftovers:
         print(f"removed {leftovers} leftover message(s) from an interrupted run")
-    from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
+    from vidpipe_tasks.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
 
     logs = settings.home / "logs"
     print(f"work folder: {settings.home}\nstarting workers (logs in {logs}) ...")
     workers = [
         start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
-        start_worker(settings, "cv", [CV_QUEUE], logs),
+        start_cv_launcher(settings, logs, processes=1),
     ]
     try:
         wait_ready(workers)
-        print("workers ready: gen@ consumes generation,registry; cv@ consumes cv")
+        print(
+            "workers ready: gen@ consumes generation,registry; cv-cpu0@ (python -m gpu_worker --device cpu) consumes cv"
+        )
         from vidpipe_tasks.celery_app import app
         from vidpipe_tasks.workflow import submit
 

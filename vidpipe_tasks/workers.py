@@ -88,3 +88,20 @@ def _tail(path: Path, lines: int = 30) -> str:
     if not path.is_file():
         return f"(no log at {path})"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def start_cv_launcher(settings: Settings, logdir: Path, processes: int = 1, device: str = "cpu") -> WorkerProcess:
+    """Start `python -m gpu_worker` (one CV worker per GPU, or `processes` on the CPU) as one supervised group.
+
+    The returned handle's log is the first worker's, so `wait_ready` waits for it; stopping the handle sends
+    SIGTERM to the launcher, which shuts its workers down warmly.
+    """
+    logdir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "gpu_worker", "--device", device, "--processes", str(processes)]
+    argv += ["--logdir", str(logdir)]
+    env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+    with (logdir / "cv-launcher.log").open("w") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    first = "cv-cpu0" if device == "cpu" else "cv-gpu0"
+    (logdir / f"{first}.log").unlink(missing_ok=True)  # readiness must come from this run
+    return WorkerProcess("cv-launcher", ["cv"], proc, logdir / f"{first}.log")

@@ -17,9 +17,9 @@ from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import Clip, Project, Scene
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.demo import example_paths
-from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings
+from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import WorkerProcess, start_worker, stop_workers, wait_ready
+from vidpipe_tasks.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
 
 RUN_TIMEOUT_S = 420
@@ -88,7 +88,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineR
     logs = settings.home / "logs"
     workers = [
         start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
-        start_worker(settings, "cv", [CV_QUEUE], logs),
+        start_cv_launcher(settings, logs),  # the CV side runs as production starts it
     ]
     try:
         wait_ready(workers)

@@ -74,7 +74,7 @@ def test_analysis_runs_only_on_the_cv_worker_and_nothing_else_does(pipeline_run:
     rows = runs(pipeline_run)
     analyses = [r for r in rows if r.task_name == CV]
     assert len(analyses) == 4 + 3
-    assert all(r.worker.startswith("cv@") and r.queue == "cv" for r in analyses)
+    assert all(r.worker.startswith("cv-cpu0@") and r.queue == "cv" for r in analyses)
     others = [r for r in rows if r.task_name != CV]
     assert others and all(r.worker.startswith("gen@") for r in others)
     assert {r.queue for r in others if r.task_name == GEN} == {"generation"}
