@@ -35,7 +35,7 @@ class PipelineRun:
     market: int
 
 
-def _example(name: str) -> Path:
+def example_path(name: str) -> Path:
     return next(p for p in example_paths() if p.name == name)
 
 
@@ -81,9 +81,10 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineR
     """Submit three projects at once to one generation+registry worker and one CV worker."""
     settings = make_settings(tmp_path_factory.mktemp("pipeline") / "work", store_processed=True)
     app = create_app(settings)
-    lighthouse = create_project(settings, _example("lighthouse.yaml"), load_storyboard(_example("lighthouse.yaml")))
-    quay = create_project(settings, DATA / "quay.yaml", load_storyboard(DATA / "quay.yaml"))
-    market = create_project(settings, _example("market.yaml"), load_storyboard(_example("market.yaml")))
+    lighthouse, quay, market = (
+        create_project(settings, path, load_storyboard(path))
+        for path in (example_path("lighthouse.yaml"), DATA / "quay.yaml", example_path("market.yaml"))
+    )
     _corrupt_clip(settings, quay, 2)
     logs = settings.home / "logs"
     workers = [

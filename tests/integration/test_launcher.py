@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.integration.conftest import _example
+from tests.integration.conftest import example_path
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import TaskRun
 from vidpipe_tasks.db.session import session_scope
@@ -91,7 +91,7 @@ def test_launcher_runs_pinned_children_restarts_a_killed_one_and_shuts_down_warm
         wait_for(lambda: (c := children(launcher.pid)).get("cv-cpu1") and c["cv-cpu1"][0] != old_pid, timeout=30)
         # SIGTERM while an analysis runs: it finishes, then every child exits
         wait_ready([gen])
-        board = _example("lighthouse.yaml")
+        board = example_path("lighthouse.yaml")
         project = create_project(settings, board, load_storyboard(board))
         enqueue_project(create_app(settings), settings, project)
 

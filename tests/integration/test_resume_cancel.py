@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import make_settings
-from tests.integration.conftest import _example
+from tests.integration.conftest import example_path
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import Asset, Clip, Project, TaskRun
 from vidpipe_tasks.db.session import session_scope
@@ -49,7 +49,7 @@ def running_generation(settings, project_id: int) -> TaskRun | None:
 
 
 def test_resume_completes_a_project_whose_worker_died_mid_task_without_duplicates(settings) -> None:
-    board = _example("lighthouse.yaml")
+    board = example_path("lighthouse.yaml")
     project = create_project(settings, board, load_storyboard(board))
     logs = settings.home / "logs"
     gen = start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs)
@@ -93,7 +93,7 @@ def test_resume_completes_a_project_whose_worker_died_mid_task_without_duplicate
 
 
 def test_a_cancelled_project_runs_nothing_and_wait_exits_non_zero(settings) -> None:
-    board = _example("market.yaml")
+    board = example_path("market.yaml")
     project = create_project(settings, board, load_storyboard(board))
     enqueue_project(create_app(settings), settings, project)
     assert vidpipe(settings, "cancel", str(project)).returncode == 0
