@@ -31,3 +31,54 @@ def make_settings(home: Path, **overrides: object) -> Settings:
 def settings(tmp_path: Path) -> Settings:
     """Embedded settings rooted in a fresh temporary folder, database migrated."""
     return make_settings(tmp_path / "work")
+
+
+def _service_or_skip(start, workdir: Path, what: str):
+    """Start a throwaway server; skip without its binaries on a laptop, fail in CI (CI=true)."""
+    from tests.servers import ServerUnavailable
+
+    try:
+        return start(workdir)
+    except ServerUnavailable as exc:
+        if in_ci():
+            pytest.fail(f"{what} is required in CI: {exc}")
+        pytest.skip(f"{what} not available: {exc}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A redis-server for the whole test session on a free loopback port (use a distinct db per test)."""
+    from tests.servers import start_redis
+
+    server = _service_or_skip(start_redis, tmp_path_factory.mktemp("redis"), "redis-server")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory):
+    """A PostgreSQL cluster for the whole test session (use `create_database` per test)."""
+    from tests.servers import start_postgres
+
+    server = _service_or_skip(start_postgres, tmp_path_factory.mktemp("postgres"), "PostgreSQL")
+    yield server
+    server.stop()
+
+
+_REDIS_DBS = iter(range(1, 16))
+
+
+@pytest.fixture
+def production_settings(tmp_path: Path, redis_server, postgres_server, request) -> Settings:
+    """Settings on the session's Redis (a fresh broker db + result db) and a fresh PostgreSQL database."""
+    import re
+
+    broker_db, result_db = next(_REDIS_DBS), next(_REDIS_DBS)
+    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:50]
+    database_url = postgres_server.create_database(f"t_{name}_{broker_db}")
+    return make_settings(
+        tmp_path / "work",
+        broker_url=redis_server.url(broker_db),
+        result_backend=redis_server.url(result_db),
+        database_url=database_url,
+    )

@@ -27,6 +27,27 @@ TASK_TIME_LIMITS: dict[str, int] = {
 }
 
 
+def redis_visibility_options(settings: Settings) -> dict:
+    """The visibility timeout in all three places Celery reads it (the shortest one wins).
+
+    Raises:
+        ValueError: when it would not outlast the longest task time limit (the task would be redelivered
+            to a second worker while the first still runs it).
+    """
+    longest = max(TASK_TIME_LIMITS.values())
+    if settings.visibility_timeout <= longest:
+        raise ValueError(
+            f"VIDPIPE_VISIBILITY_TIMEOUT={settings.visibility_timeout} must exceed the longest task time limit "
+            f"({longest} s)"
+        )
+    transport = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_transport_options": dict(transport),
+        "result_backend_transport_options": dict(transport),
+        "visibility_timeout": settings.visibility_timeout,
+    }
+
+
 def celery_config(settings: Settings) -> dict:
     """Celery settings derived from vidpipe settings (lowercase Celery 5 names)."""
     conf = {
@@ -56,6 +77,8 @@ def celery_config(settings: Settings) -> dict:
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
     }
+    if settings.is_redis_broker or settings.result_backend.startswith(("redis://", "rediss://")):
+        conf.update(redis_visibility_options(settings))
     if settings.is_filesystem_broker:
         queue_dir = str(settings.broker_dir / "queue")
         conf["broker_transport_options"] = {

@@ -61,6 +61,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         loglevel=args.loglevel,
         embedded=settings.is_filesystem_broker,
+        disable_prefetch=args.disable_prefetch,
     )
     os.execv(argv[0], argv)
     return 0  # not reached
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
     worker.add_argument("--concurrency", "-c", type=int, default=1)
     worker.add_argument("--loglevel", "-l", default="info")
+    worker.add_argument(
+        "--disable-prefetch", action="store_true", help="take a task only when a slot is free (Redis; autoscaling)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     status = sub.add_parser("status", help="show a project's scenes, tasks and scores")

@@ -12,6 +12,13 @@ CV_QUEUE = "cv"
 REGISTRY_QUEUE = "registry"
 ALL_QUEUES = (GENERATION_QUEUE, CV_QUEUE, REGISTRY_QUEUE)
 
+#: Allowed values of the enumerated settings.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "face_engine": ("auto", "insightface", "dlib-offline"),
+    "embedder": ("auto", "open_clip", "none"),
+    "cv_device": ("auto", "cuda", "cpu"),
+}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -27,8 +34,28 @@ class Settings:
     broker_url: str
     result_backend: str
     media_root: Path
-    #: Face engine for analysis: "auto", "dlib-offline" (insightface arrives behind the same interface).
+    #: Face engine for analysis: "auto" (insightface when its model pack is staged, else offline),
+    #: "insightface" or "dlib-offline".
     face_engine: str = "auto"
+    #: Image embedder for visual continuity and asset crops: "auto" (open_clip when its weights are
+    #: staged), "open_clip" or "none".
+    embedder: str = "auto"
+    #: Where `vidpipe models stage` puts weights and engines look for them (never downloaded at task time).
+    models_dir: Path = Path("models")
+    #: insightface model pack (a folder under models_dir/insightface with the buffalo_l layout).
+    insightface_pack: str = "buffalo_l"
+    #: open_clip architecture; its weights are models_dir/open_clip/<clip_model>.pt unless clip_weights is set.
+    clip_model: str = "ViT-B-32"
+    #: Explicit open_clip state-dict path (empty: the staged default above).
+    clip_weights: str = ""
+    #: Device for CV models: "auto" (CUDA when the worker has a GPU), "cuda" or "cpu".
+    cv_device: str = "auto"
+    #: Match thresholds per engine, on the [0, 1] similarity scale of vidpipe_tasks.similarity.
+    insightface_threshold: float = 0.35
+    dlib_threshold: float = 0.4
+    #: Batch sizes: frames per detector/recognizer call, crops per image-embedder call.
+    detect_batch: int = 16
+    embed_batch: int = 32
     #: Clip generator name ("procedural" is built in).
     generator: str = "procedural"
     #: Broker poll interval for the filesystem transport, seconds (hop latency is about half of it).
@@ -37,6 +64,23 @@ class Settings:
     analysis_max_frames: int = 12
     #: Keep consumed broker messages in broker/processed (tests use it to audit routing).
     store_processed: bool = False
+    #: Redis visibility timeout, seconds: set on the broker, the result backend and the app, and kept
+    #: above every task's time limit so a long analysis is never redelivered while it runs.
+    visibility_timeout: int = 3600
+    #: Flower basic auth as "user:password" (Flower refuses to start its API without it).
+    flower_basic_auth: str = ""
+    #: Port Flower listens on.
+    flower_port: int = 5555
+
+    def __post_init__(self) -> None:
+        for field_name, allowed in CHOICES.items():
+            if getattr(self, field_name) not in allowed:
+                raise ValueError(
+                    f"VIDPIPE_{field_name.upper()}={getattr(self, field_name)!r}: choose one of {list(allowed)}"
+                )
+        for field_name in ("detect_batch", "embed_batch", "analysis_max_frames", "visibility_timeout"):
+            if getattr(self, field_name) < 1:
+                raise ValueError(f"VIDPIPE_{field_name.upper()} must be at least 1")
 
     @property
     def broker_dir(self) -> Path:
@@ -45,6 +89,18 @@ class Settings:
     @property
     def is_filesystem_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def is_redis_broker(self) -> bool:
+        return self.broker_url.startswith(("redis://", "rediss://"))
+
+    @property
+    def insightface_dir(self) -> Path:
+        return self.models_dir / "insightface" / self.insightface_pack
+
+    @property
+    def clip_weights_path(self) -> Path:
+        return Path(self.clip_weights) if self.clip_weights else self.models_dir / "open_clip" / f"{self.clip_model}.pt"
 
     def as_env(self) -> dict[str, str]:
         """The environment that reproduces these settings in a child process (workers)."""
@@ -62,6 +118,7 @@ def _embedded(home: Path) -> dict:
         "broker_url": "filesystem://",
         "result_backend": f"file://{home / 'results'}",
         "media_root": home / "media",
+        "models_dir": home / "models",
     }
 
 

@@ -16,11 +16,26 @@ APP = "vidpipe_tasks.celery_app"
 
 
 def worker_argv(
-    name: str, queues: list[str], *, pool: str = "solo", concurrency: int = 1, loglevel: str = "info", embedded: bool
+    name: str,
+    queues: list[str],
+    *,
+    pool: str = "solo",
+    concurrency: int = 1,
+    loglevel: str = "info",
+    embedded: bool,
+    disable_prefetch: bool = False,
 ) -> list[str]:
-    """The celery command line for one worker consuming `queues` under node name `name@host`."""
+    """The celery command line for one worker consuming `queues` under node name `name@host`.
+
+    `disable_prefetch` (Redis only) makes the worker take a task only when a slot is free, so queue
+    length is the whole backlog: what KEDA scales the CV workers on.
+    """
     argv = [sys.executable, "-m", "celery", "-A", APP, "worker", "-Q", ",".join(queues), "-n", f"{name}@%h"]
     argv += ["--pool", pool, "--concurrency", str(concurrency), "-E", "-l", loglevel]
+    if disable_prefetch:
+        if embedded:
+            raise ValueError("--disable-prefetch needs the Redis broker")
+        argv.append("--disable-prefetch")
     if embedded:
         # Mingle and gossip poll the filesystem broker's fanout folder; on one machine they only add start-up time.
         argv += ["--without-mingle", "--without-gossip"]
