@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, help="cpu: how many processes; cuda: use at most this many GPUs")
     parser.add_argument("--logdir", type=Path, help="one log per worker (default: $VIDPIPE_HOME/logs)")
     parser.add_argument("--loglevel", default="info")
+    parser.add_argument(
+        "--disable-prefetch",
+        action="store_true",
+        help="Redis only: take a task only when idle, so the queue length is the whole backlog (KEDA)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
@@ -27,7 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, ValueError) as exc:
         print(f"vidpipe-gpu-worker: {exc}", file=sys.stderr)
         return 2
-    launcher = Launcher(settings, slots, args.logdir or settings.home / "logs", loglevel=args.loglevel)
+    if args.disable_prefetch and not settings.is_redis_broker:
+        print("vidpipe-gpu-worker: --disable-prefetch needs the Redis broker", file=sys.stderr)
+        return 2
+    launcher = Launcher(
+        settings,
+        slots,
+        args.logdir or settings.home / "logs",
+        loglevel=args.loglevel,
+        disable_prefetch=args.disable_prefetch,
+    )
     return launcher.run()
 
 

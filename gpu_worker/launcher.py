@@ -98,8 +98,17 @@ class Child:
 class Launcher:
     """Starts one Celery worker per slot on the CV queue and keeps them running until told to stop."""
 
-    def __init__(self, settings: Settings, slots: list[Slot], logdir: Path, *, loglevel: str = "info") -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        slots: list[Slot],
+        logdir: Path,
+        *,
+        loglevel: str = "info",
+        disable_prefetch: bool = False,
+    ) -> None:
         self.settings, self.logdir, self.loglevel = settings, logdir, loglevel
+        self.disable_prefetch = disable_prefetch
         self.children = [Child(slot) for slot in slots]
         self.stopping = False
 
@@ -111,6 +120,7 @@ class Launcher:
             pool="solo",
             loglevel=self.loglevel,
             embedded=self.settings.is_filesystem_broker,
+            disable_prefetch=self.disable_prefetch,
         )
         self.logdir.mkdir(parents=True, exist_ok=True)
         logfile = self.logdir / f"{child.slot.name}.log"
