@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
+    # Files only: the parent never imports onnxruntime or torch, so no CUDA state exists before the fork.
+    from gpu_worker.choice import configuration_problems
+
+    problems = configuration_problems(settings)
+    if problems:
+        print("vidpipe-gpu-worker: cannot start:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
     prepare_installation(settings)
     try:
         slots = plan_slots(args.device, args.processes, discover_gpus())

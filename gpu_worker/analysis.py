@@ -86,30 +86,33 @@ def _match(faces: list[DetectedFace], entries: list[dict], matrix: np.ndarray, e
     return matches, unmatched
 
 
-def _save_crop(frame: np.ndarray, face: DetectedFace, target: Path) -> None:
+def _save_crop(frame: np.ndarray, face: DetectedFace, target: Path) -> np.ndarray:
+    """Write the face with a margin as PNG (atomically) and return the crop's pixels."""
     from PIL import Image
 
     h, w = frame.shape[:2]
     x1, y1, x2, y2 = face.bbox
     mx, my = int((x2 - x1) * CROP_MARGIN), int((y2 - y1) * CROP_MARGIN)
-    box = (max(0, x1 - mx), max(0, y1 - my), min(w, x2 + mx), min(h, y2 + my))
+    crop = np.ascontiguousarray(frame[max(0, y1 - my) : min(h, y2 + my), max(0, x1 - mx) : min(w, x2 + mx)])
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    Image.fromarray(frame).crop(box).save(tmp, format="PNG")
+    Image.fromarray(crop).save(tmp, format="PNG")
     os.replace(tmp, target)  # a re-run overwrites the same name instead of adding files
+    return crop
 
 
-def _candidates(clusters: list[FaceCluster], sampled, request: dict, media_root: Path) -> list[dict]:
+def _candidates(clusters: list[FaceCluster], sampled, request: dict, media_root: Path, embedder=None) -> list[dict]:
+    """New-face candidates with a saved best crop; with an embedder, the crops' image embeddings in one batch."""
     frame_of = dict(zip(sampled.indices, sampled.frames, strict=True))
     min_faces = 2 if len(sampled.indices) > 3 else 1  # a face in one frame only is noise
-    out = []
+    out, crops = [], []
     for cluster in clusters:
         if len(cluster.faces) < min_faces:
             continue
         face = best_face(cluster, sampled.frames[0].shape)
         key = f"c{len(out)}"
         crop = f"{request['crops_dir']}/{key}.png"
-        _save_crop(frame_of[face.frame_index], face, media_root / crop)
+        crops.append(_save_crop(frame_of[face.frame_index], face, media_root / crop))
         out.append(
             {
                 "key": key,
@@ -121,10 +124,25 @@ def _candidates(clusters: list[FaceCluster], sampled, request: dict, media_root:
                 "embedding": cluster.centroid.tolist(),
             }
         )
+    if embedder is not None and crops:
+        for cand, vector in zip(out, embedder.embed(crops), strict=True):
+            cand["image_embedding"] = vector.tolist()
     return out
 
 
-def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, max_frames: int = 12) -> dict:
+def _visual(sampled, request: dict, embedder) -> tuple[list[float] | None, float | None]:
+    """The scene's visual embedding (mean of its frames) and its similarity to the previous scene's."""
+    if embedder is None:
+        return None, None
+    from gpu_worker.embedder import mean_embedding
+
+    current = mean_embedding(embedder.embed(list(sampled.frames)))
+    if current is None:
+        return None, None
+    return current.tolist(), cont.visual_component(current, request.get("previous_visual"), embedder.name)
+
+
+def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, embedder=None, max_frames: int = 12) -> dict:
     """Analyse one clip against the registry (raises on failure; see analyze_clip_safely).
 
     Args:
@@ -132,6 +150,8 @@ def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, max_fra
             declared_characters, registry entries, previous_appearances and crops_dir.
         media_root: root of every relative path.
         engine: a face engine (loaded once per process by gpu_worker.lifecycle).
+        embedder: an image embedder (gpu_worker.embedder.ClipEmbedder) or None; without one the
+            visual continuity component is recorded as missing.
         max_frames: frames to sample.
 
     Returns:
@@ -141,6 +161,8 @@ def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, max_fra
     t_start = time.perf_counter()
     warnings: list[str] = []
     engine.timings_ms = {"detect": 0.0, "embed": 0.0}
+    if embedder is not None:
+        embedder.timings_ms = {"image_embed": 0.0}
     sampled = sample_frames(media_root / request["clip_path"], max_frames=max_frames)
     computed = _embed_references(request, media_root, engine, warnings)
     engine.timings_ms = {"detect": 0.0, "embed": 0.0}  # reference embedding is not per-frame work
@@ -151,7 +173,9 @@ def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, max_fra
     matches, unmatched = _match(faces, entries, matrix, engine)
     t_cluster = time.perf_counter()
     clusters = cluster_faces(unmatched, engine.similarity, engine.match_threshold)
-    candidates = _candidates(clusters, sampled, request, media_root)
+    candidates = _candidates(clusters, sampled, request, media_root, embedder)
+    t_visual, crop_embed_ms = time.perf_counter(), _image_ms(embedder)
+    visual_embedding, visual = _visual(sampled, request, embedder)
     t_end = time.perf_counter()
     referenced = {e["tag"] for e in entries}
     components = {
@@ -164,12 +188,12 @@ def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, max_fra
             request.get("previous_appearances", []),
             engine.similarity,
         ),
-        "visual": None,  # needs an image embedder (open_clip); recorded as missing, not as zero
+        "visual": visual,  # None without an embedder or a previous scene: recorded as missing, not as zero
     }
     return {
         "status": "ok",
         "reason": None,
-        "engine": {"face": engine.name, "embedder": None},
+        "engine": {"face": engine.name, "embedder": embedder.name if embedder is not None else None},
         "frames": {
             "sampled": len(sampled.indices),
             "indices": sampled.indices,
@@ -183,16 +207,22 @@ def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, max_fra
             "detect": round(engine.timings_ms["detect"], 1),
             "embed": round(engine.timings_ms["embed"], 1),
             "match": round((t_cluster - t_match) * 1000, 2),
-            "cluster": round((t_end - t_cluster) * 1000, 1),
+            "cluster": round((t_visual - t_cluster) * 1000 - crop_embed_ms, 1),
+            "image_embed": round(_image_ms(embedder), 1),
             "total": round((t_end - t_start) * 1000, 1),
         },
         "faces_detected": len(faces),
         "matches": matches,
         "candidates": candidates,
         "reference_embeddings": computed,
+        "visual_embedding": visual_embedding,
         "warnings": warnings,
         "continuity": cont.continuity(components),
     }
+
+
+def _image_ms(embedder) -> float:
+    return embedder.timings_ms["image_embed"] if embedder is not None else 0.0
 
 
 def degraded_result(reason: str) -> dict:
@@ -209,10 +239,12 @@ def degraded_result(reason: str) -> dict:
     }
 
 
-def analyze_clip_safely(request: dict, media_root: Path, engine: FaceEngine, *, max_frames: int = 12) -> dict:
+def analyze_clip_safely(
+    request: dict, media_root: Path, engine: FaceEngine, *, embedder=None, max_frames: int = 12
+) -> dict:
     """analyze_clip that never raises: any exception becomes a degraded result with the reason."""
     try:
-        return analyze_clip(request, media_root, engine, max_frames=max_frames)
+        return analyze_clip(request, media_root, engine, embedder=embedder, max_frames=max_frames)
     except Exception as exc:  # noqa: BLE001 - a failed analysis must never fail the project
         log.warning("analysis of %s degraded: %s", request.get("clip_path"), exc, exc_info=True)
         return degraded_result(f"{type(exc).__name__}: {exc}")

@@ -43,6 +43,19 @@ def cross_scene_component(
     return float(np.mean(sims)) if sims else None
 
 
+def visual_component(current: np.ndarray, previous: dict | None, embedder_name: str) -> float | None:
+    """Cosine similarity (clipped to [0, 1]) of this scene's visual embedding to the previous scene's.
+
+    None for a first scene, or when the previous scene was embedded by another model (not comparable).
+    """
+    if not previous or previous.get("embedding") is None or previous.get("embedder") != embedder_name:
+        return None
+    a = np.asarray(current, dtype=np.float32)
+    b = np.asarray(previous["embedding"], dtype=np.float32)
+    cos = float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
+    return min(1.0, max(0.0, cos))
+
+
 def continuity(components: dict[str, float | None]) -> dict:
     """Combine components: the score is the mean of those present; missing ones are listed by name."""
     full = {name: components.get(name) for name in COMPONENTS}

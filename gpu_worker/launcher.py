@@ -63,10 +63,10 @@ def plan_slots(device: str, processes: int | None, gpus: list[str]) -> list[Slot
         if not gpus:
             raise RuntimeError("--device cuda: no GPU found (CUDA_VISIBLE_DEVICES empty and nvidia-smi lists none)")
         chosen = gpus[:processes] if processes else gpus
-        return [Slot(f"cv-gpu{g}", {"CUDA_VISIBLE_DEVICES": g, "VIDPIPE_DEVICE": "cuda"}) for g in chosen]
+        return [Slot(f"cv-gpu{g}", {"CUDA_VISIBLE_DEVICES": g, "VIDPIPE_CV_DEVICE": "cuda"}) for g in chosen]
     if device != "cpu":
         raise ValueError(f"unknown device {device!r}; expected cuda, cpu or auto")
-    return [Slot(f"cv-cpu{i}", {"CUDA_VISIBLE_DEVICES": "", "VIDPIPE_DEVICE": "cpu"}) for i in range(processes or 1)]
+    return [Slot(f"cv-cpu{i}", {"CUDA_VISIBLE_DEVICES": "", "VIDPIPE_CV_DEVICE": "cpu"}) for i in range(processes or 1)]
 
 
 def gpu_memory_line(gpu: str) -> str:
@@ -133,7 +133,7 @@ class Launcher:
             child.process.pid,
             child.slot.env.get("CUDA_VISIBLE_DEVICES"),
         )
-        if child.slot.env.get("VIDPIPE_DEVICE") == "cuda":
+        if child.slot.env.get("VIDPIPE_CV_DEVICE") == "cuda":
             log.info(
                 "%s GPU memory at start: %s", child.slot.name, gpu_memory_line(child.slot.env["CUDA_VISIBLE_DEVICES"])
             )

@@ -106,12 +106,21 @@ app = create_app(settings)
 
 
 @worker_init.connect
-def _warm_face_engine(**_: object) -> None:
-    """CV workers started by the launcher load their face engine before taking the first task."""
-    if os.environ.get("VIDPIPE_WARM_ENGINE") == "1":
-        from gpu_worker.lifecycle import get_engine  # only CV workers set the variable
+def _warm_cv_models(**_: object) -> None:
+    """CV workers started by the launcher load their models before taking the first task.
 
-        get_engine(settings.face_engine)
+    A model named explicitly in the settings that cannot load stops the worker here, with the reason,
+    instead of degrading every scene it would take.
+    """
+    if os.environ.get("VIDPIPE_WARM_ENGINE") != "1":
+        return
+    from gpu_worker.faces.base import EngineUnavailable  # only CV workers set the variable
+    from gpu_worker.lifecycle import get_models
+
+    try:
+        get_models(settings)
+    except EngineUnavailable as exc:
+        raise SystemExit(f"CV worker cannot start: {exc}") from exc
 
 
 # Registers the tasks on `app`; imported last because the tasks module needs `app`.

@@ -24,7 +24,7 @@ from vidpipe_tasks.db.models import (
 from vidpipe_tasks.similarity import similarity_matrix
 
 #: Keys whose values are raw embeddings; never stored in cv_analysis_json.
-EMBEDDING_KEYS = frozenset({"embedding", "reference_embeddings", "embeddings", "image_embedding"})
+EMBEDDING_KEYS = frozenset({"embedding", "reference_embeddings", "embeddings", "image_embedding", "visual_embedding"})
 
 
 def character_assets(session: Session, manifest_id: int) -> list[Asset]:
@@ -138,6 +138,9 @@ def register_scene(session: Session, scene: Scene, analysis: dict) -> Registrati
         _store_reference_embeddings(assets, analysis)
         _record_matches(session, scene, analysis, assets)
         new_tags = _register_candidates(session, scene, analysis, assets, sm)
+        if analysis.get("visual_embedding") is not None:
+            sm.visual_embedding = list(analysis["visual_embedding"])
+            sm.visual_embedder = analysis["engine"].get("embedder")
     continuity = analysis.get("continuity") or {}
     sm.cv_analysis_json = strip_embeddings(analysis)
     sm.continuity_score = continuity.get("score")
@@ -246,6 +249,8 @@ def _register_candidates(
             reference_image=cand["crop_path"],
             face_embedding=list(cand["embedding"]),
             face_engine=engine["face"],
+            image_embedding=list(cand["image_embedding"]) if cand.get("image_embedding") is not None else None,
+            image_embedder=engine.get("embedder") if cand.get("image_embedding") is not None else None,
             quality=cand.get("quality"),
             origin_project_id=scene.project_id,
             origin_scene_index=scene.scene_index,

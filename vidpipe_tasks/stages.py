@@ -161,6 +161,7 @@ def analysis_request(settings: Settings, ref: dict) -> dict:
             "project_id": scene.project_id,
             "scene_index": scene.scene_index,
             "clip_path": scene.clip.path,
+            "previous_visual": _previous_visual(s, scene),
             "declared_characters": list(scene.characters),
             "registry": registry,
             "previous_appearances": [
@@ -168,6 +169,22 @@ def analysis_request(settings: Settings, ref: dict) -> dict:
             ],
             "crops_dir": media.crops_dir(scene.project_id, scene.scene_index),
         }
+
+
+def _previous_visual(session: Session, scene: Scene) -> dict | None:
+    """The previous scene's visual embedding, for visual continuity (None for a first or degraded scene)."""
+    previous = session.scalar(
+        select(SceneManifest)
+        .join(Scene, SceneManifest.scene_id == Scene.id)
+        .where(Scene.project_id == scene.project_id, Scene.scene_index == scene.scene_index - 1)
+    )
+    if previous is None or previous.visual_embedding is None:
+        return None
+    return {
+        "scene_index": scene.scene_index - 1,
+        "embedder": previous.visual_embedder,
+        "embedding": previous.visual_embedding,
+    }
 
 
 def register_entities(settings: Settings, payload: dict) -> dict:

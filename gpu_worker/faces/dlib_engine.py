@@ -28,6 +28,17 @@ def default_models_dir() -> Path | None:
     return Path(spec.submodule_search_locations[0]) / "models"
 
 
+def dlib_problems(models_dir: Path | None = None) -> list[str]:
+    """Why the offline engine cannot run here (empty: it can); files and packages only, nothing loaded."""
+    folder = models_dir or default_models_dir()
+    if folder is None:
+        return ["python package 'face_recognition_models' is not installed"]
+    problems = [f"missing {f} in {folder}" for f in _MODEL_FILES if not (folder / f).is_file()]
+    if importlib.util.find_spec("dlib") is None:
+        problems.append("python package 'dlib' (dlib-bin) is not installed")
+    return problems
+
+
 class DlibFaceEngine:
     """HOG detection plus 128-d dlib descriptors; same person when the euclidean distance is below 0.6."""
 
@@ -53,12 +64,10 @@ class DlibFaceEngine:
         """Load the detector and models once; raise EngineUnavailable saying what is missing."""
         if self._recognizer is not None:
             return
+        problems = dlib_problems(self.models_dir)
+        if problems:
+            raise EngineUnavailable(f"dlib-offline: {'; '.join(problems)}; {_STAGING_HINT}")
         folder = self.models_dir or default_models_dir()
-        if folder is None:
-            raise EngineUnavailable(f"dlib-offline: face_recognition_models is not installed; {_STAGING_HINT}")
-        missing = [f for f in _MODEL_FILES if not (folder / f).is_file()]
-        if missing:
-            raise EngineUnavailable(f"dlib-offline: missing {missing} in {folder}; {_STAGING_HINT}")
         try:
             import dlib
         except ImportError as exc:

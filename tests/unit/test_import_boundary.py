@@ -15,7 +15,13 @@ CPU_SIDE = [
     "vidpipe_tasks.status",
     "vidpipe_tasks.demo",
     "vidpipe_tasks.generators.procedural",
+    "vidpipe_tasks.model_store",
     "gpu_worker.service",
+    # The launcher parent forks CV workers: it must hold no CUDA or onnxruntime state.
+    "gpu_worker.__main__",
+    "gpu_worker.launcher",
+    "gpu_worker.choice",
+    "gpu_worker.lifecycle",
 ]
 FORBIDDEN = ["torch", "onnxruntime", "insightface", "open_clip", "cv2", "tensorrt"]
 
@@ -28,5 +34,21 @@ def test_client_and_cpu_worker_modules_load_no_gpu_stack(tmp_path) -> None:
         + "print(','.join(bad))\n"
     )
     env = {"VIDPIPE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_checking_which_engines_can_run_loads_no_gpu_stack(tmp_path) -> None:
+    code = (
+        "import sys\n"
+        "from vidpipe_tasks.settings import load_settings\n"
+        "from vidpipe_tasks.model_store import models_status\n"
+        "from gpu_worker.choice import configuration_problems\n"
+        "settings = load_settings()\n"
+        "models_status(settings); configuration_problems(settings)\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
+        "print(','.join(bad))\n"
+    )
+    env = {"VIDPIPE_HOME": str(tmp_path), "VIDPIPE_FACE_ENGINE": "insightface", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == ""

@@ -190,3 +190,30 @@ def test_concurrent_registrations_into_one_manifest_mint_unique_tags_and_one_ass
         ).all()
     assert len(tags) == len(set(tags)) == 3  # three different faces, three assets, no tag twice
     assert len(set(shared_owners)) == 1  # the shared face is one asset seen by both projects
+
+
+def test_new_assets_keep_their_crop_image_embedding_and_the_next_scene_gets_this_scenes_visual(
+    settings, tmp_path
+) -> None:
+    from vidpipe_tasks.db.models import Clip, SceneManifest
+    from vidpipe_tasks.stages import analysis_request
+
+    project = new_project(settings, tmp_path)
+    generated(settings, project, 1)
+    result = analysis([face(7)])
+    result["engine"] = {**ENGINE, "embedder": "open_clip:tiny"}
+    result["candidates"][0]["image_embedding"] = [0.25] * 32
+    result["visual_embedding"] = [0.5] * 32
+    register(settings, project, 1, result)
+    with session_scope(settings.database_url) as s:
+        asset = s.scalar(select(Asset).where(Asset.source == AssetSource.CLIP_EXTRACT))
+        assert asset.image_embedding == [0.25] * 32 and asset.image_embedder == "open_clip:tiny"
+        sm = s.scalar(select(SceneManifest))
+        assert sm.visual_embedding == [0.5] * 32 and sm.visual_embedder == "open_clip:tiny"
+        assert "visual_embedding" not in sm.cv_analysis_json
+        scene2 = s.scalar(select(Scene).where(Scene.project_id == project, Scene.scene_index == 2))
+        s.add(
+            Clip(scene_id=scene2.id, path="c.mp4", size_bytes=1, frame_count=1, fps=1, width=1, height=1, generator="t")
+        )
+    request = analysis_request(settings, {"project_id": project, "scene_index": 2})
+    assert request["previous_visual"] == {"scene_index": 1, "embedder": "open_clip:tiny", "embedding": [0.5] * 32}

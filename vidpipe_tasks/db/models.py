@@ -178,6 +178,10 @@ class SceneManifest(Base):
     continuity_score: Mapped[float | None] = mapped_column(Float)
     degraded_reason: Mapped[str | None] = mapped_column(Text)
     new_asset_tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Mean image embedding of the scene's sampled frames (open_clip); the next scene's visual
+    #: continuity is measured against it. Kept out of cv_analysis_json, like every raw embedding.
+    visual_embedding: Mapped[list[float] | None] = mapped_column(JSON)
+    visual_embedder: Mapped[str | None] = mapped_column(String(100))
     #: Set in the registry transaction; the next scene may start only after it.
     registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

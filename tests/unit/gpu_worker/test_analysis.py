@@ -87,3 +87,46 @@ def test_a_failure_becomes_a_degraded_result_with_its_reason(rendered, engine) -
     result = analyze_clip_safely(broken, rendered, engine)
     assert result["status"] == "degraded" and "ClipUnreadable" in result["reason"]
     assert result["continuity"]["score"] is None and len(result["continuity"]["missing"]) == 4
+
+
+@pytest.fixture(scope="module")
+def tiny_embedder(tmp_path_factory):
+    from gpu_worker.embedder import ClipEmbedder
+    from tests.tiny_clip import write_tiny_clip
+
+    name, config_dir, weights = write_tiny_clip(tmp_path_factory.mktemp("clip"))
+    embedder = ClipEmbedder(name, weights, device="cpu", batch_size=4, config_dir=config_dir)
+    embedder.load()
+    return embedder
+
+
+def test_with_an_embedder_the_scene_and_new_face_crops_get_image_embeddings(rendered, engine, tiny_embedder) -> None:
+    first = analyze_clip(request(), rendered, engine, embedder=tiny_embedder)
+    assert first["engine"]["embedder"] == tiny_embedder.name
+    assert len(first["visual_embedding"]) == tiny_embedder.dim
+    assert first["candidates"] and all(len(c["image_embedding"]) == tiny_embedder.dim for c in first["candidates"])
+    assert first["timings_ms"]["image_embed"] > 0
+    # No previous scene: visual continuity is missing, not zero.
+    assert first["continuity"]["components"]["visual"] is None and "visual" in first["continuity"]["missing"]
+
+
+def test_visual_continuity_compares_with_the_previous_scene_of_the_same_embedder(
+    rendered, engine, tiny_embedder
+) -> None:
+    first = analyze_clip(request(), rendered, engine, embedder=tiny_embedder)
+    same = {"scene_index": 1, "embedder": tiny_embedder.name, "embedding": first["visual_embedding"]}
+    again = analyze_clip({**request(), "previous_visual": same}, rendered, engine, embedder=tiny_embedder)
+    assert again["continuity"]["components"]["visual"] == pytest.approx(1.0, abs=1e-4)
+    opposite = {**same, "embedding": [-v for v in first["visual_embedding"]]}
+    far = analyze_clip({**request(), "previous_visual": opposite}, rendered, engine, embedder=tiny_embedder)
+    assert far["continuity"]["components"]["visual"] == 0.0
+    other = {**same, "embedder": "open_clip:another-model"}
+    skipped = analyze_clip({**request(), "previous_visual": other}, rendered, engine, embedder=tiny_embedder)
+    assert skipped["continuity"]["components"]["visual"] is None
+
+
+def test_without_an_embedder_visual_continuity_is_recorded_as_missing(rendered, engine) -> None:
+    result = analyze_clip(request(), rendered, engine)
+    assert result["engine"]["embedder"] is None and result["visual_embedding"] is None
+    assert "visual" in result["continuity"]["missing"]
+    assert all("image_embedding" not in c for c in result["candidates"])

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from gpu_worker.faces.base import EngineUnavailable
-from gpu_worker.faces.choice import choose_face_engine
 from gpu_worker.faces.dlib_engine import DlibFaceEngine
 from tests.unit.gpu_worker.conftest import composite
 
@@ -51,10 +50,3 @@ def test_a_frame_without_faces_gives_none(engine) -> None:
 def test_missing_weights_say_what_is_missing_and_how_to_stage(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailable, match=r"missing .*dlib_face_recognition_resnet_model_v1.dat.*pip install"):
         DlibFaceEngine(models_dir=tmp_path).load()
-
-
-def test_engine_choice_names_its_reason_and_rejects_unknown_names() -> None:
-    engine, reason = choose_face_engine("auto")
-    assert engine.name == "dlib-offline" and "auto" in reason
-    with pytest.raises(ValueError, match="dlib-offline"):
-        choose_face_engine("nonsense")
