@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import celeryd_after_setup
 from kombu import Exchange, Queue
 
 from vidpipe_tasks.settings import ALL_QUEUES, CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
@@ -105,9 +105,12 @@ settings = load_settings()
 app = create_app(settings)
 
 
-@worker_init.connect
+@celeryd_after_setup.connect
 def _warm_cv_models(**_: object) -> None:
     """CV workers started by the launcher load their models before taking the first task.
+
+    Runs once logging is set up (so the choice and its reason reach the worker log) and before the
+    consumer starts.
 
     A model named explicitly in the settings that cannot load stops the worker here, with the reason,
     instead of degrading every scene it would take.
