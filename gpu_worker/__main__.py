@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from gpu_worker.launcher import Launcher, discover_gpus, plan_slots
-from vidpipe_tasks.db.migrate import prepare_installation
+from vidpipe_tasks.db.migrate import SchemaNotReady, prepare_installation
 from vidpipe_tasks.settings import load_settings
 
 
@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidpipe-gpu-worker", description=__doc__)
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--processes", type=int, help="cpu: how many processes; cuda: use at most this many GPUs")
-    parser.add_argument("--logdir", type=Path, help="one log per worker (default: $VIDPIPE_HOME/logs)")
+    parser.add_argument(
+        "--logdir", help="one log file per worker (default: $VIDPIPE_HOME/logs); '-' logs to stdout (containers)"
+    )
     parser.add_argument("--loglevel", default="info")
     parser.add_argument(
         "--disable-prefetch",
@@ -33,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("vidpipe-gpu-worker: cannot start:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
-    prepare_installation(settings)
+    try:
+        prepare_installation(settings)
+    except SchemaNotReady as exc:
+        print(f"vidpipe-gpu-worker: {exc}", file=sys.stderr)
+        return 2
     try:
         slots = plan_slots(args.device, args.processes, discover_gpus())
     except (RuntimeError, ValueError) as exc:
@@ -45,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     launcher = Launcher(
         settings,
         slots,
-        args.logdir or settings.home / "logs",
+        None if args.logdir == "-" else Path(args.logdir) if args.logdir else settings.home / "logs",
         loglevel=args.loglevel,
         disable_prefetch=args.disable_prefetch,
     )

@@ -102,7 +102,7 @@ class Launcher:
         self,
         settings: Settings,
         slots: list[Slot],
-        logdir: Path,
+        logdir: Path | None,
         *,
         loglevel: str = "info",
         disable_prefetch: bool = False,
@@ -122,10 +122,12 @@ class Launcher:
             embedded=self.settings.is_filesystem_broker,
             disable_prefetch=self.disable_prefetch,
         )
-        self.logdir.mkdir(parents=True, exist_ok=True)
-        logfile = self.logdir / f"{child.slot.name}.log"
-        with logfile.open("a") as out:
-            child.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        if self.logdir is None:  # containers: workers log to the launcher's stdout (docker/kubectl logs)
+            child.process = subprocess.Popen(argv, env=env)
+        else:
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            with (self.logdir / f"{child.slot.name}.log").open("a") as out:
+                child.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         child.started, child.restart_at = time.monotonic(), None
         log.info(
             "started %s (pid %s, CUDA_VISIBLE_DEVICES=%r)",

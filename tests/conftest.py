@@ -23,7 +23,7 @@ def make_settings(home: Path, **overrides: object) -> Settings:
     from dataclasses import replace
 
     settings = replace(load_settings({"VIDPIPE_HOME": str(home)}), **overrides)
-    prepare_installation(settings)
+    prepare_installation(settings, migrate=True)
     return settings
 
 

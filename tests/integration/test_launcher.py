@@ -115,3 +115,21 @@ def test_launcher_runs_pinned_children_restarts_a_killed_one_and_shuts_down_warm
         if launcher.poll() is None:
             launcher.kill()
         stop_workers([gen])
+
+
+def test_with_logdir_dash_the_workers_log_to_the_launchers_stdout_for_containers(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "work")
+    out = tmp_path / "container.log"
+    env = {**os.environ, **settings.as_env()}
+    argv = [sys.executable, "-m", "gpu_worker", "--device", "cpu", "--processes", "1", "--logdir", "-"]
+    launcher = subprocess.Popen(argv, env=env, stdout=out.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: " ready." in out.read_text(errors="replace"))
+        launcher.send_signal(signal.SIGTERM)
+        assert launcher.wait(60) == 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    text = out.read_text(errors="replace")
+    assert "cv-cpu0@" in text and "started cv-cpu0" in text
+    assert not (settings.home / "logs").exists(), "no per-worker log files"
