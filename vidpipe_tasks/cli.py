@@ -1,4 +1,4 @@
-"""The `vidpipe` command: demo, submit, worker, status, db."""
+"""The `vidpipe` command: demo, submit, worker, status, wait, resume, cancel, queues, models, flower, db."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from vidpipe_tasks.db.migrate import SchemaNotReady
+from vidpipe_tasks.inputs import priority_arg
 from vidpipe_tasks.settings import ALL_QUEUES, load_settings, prepare_folders
 from vidpipe_tasks.storyboard import StoryboardError
 
@@ -31,15 +33,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from vidpipe_tasks.db.migrate import prepare_installation
-    from vidpipe_tasks.storyboard import load_storyboards
+    from vidpipe_tasks.inputs import load_inputs
 
-    load_storyboards([Path(p) for p in args.files])  # fail before touching the database
+    inputs = load_inputs(args.inputs)  # every storyboard is valid before the database is touched
+    if args.priority is not None and not settings.is_redis_broker:
+        print("warning: only the Redis broker has priorities; --priority is ignored here", file=sys.stderr)
     prepare_installation(settings)
     from vidpipe_tasks.celery_app import app
-    from vidpipe_tasks.workflow import submit
+    from vidpipe_tasks.workflow import submit_inputs
 
-    for project_id in submit(app, settings, [Path(p) for p in args.files], priority=args.priority):
-        print(project_id)
+    ids = submit_inputs(app, settings, inputs, priority=args.priority)
+    if args.json:
+        rows = [{"project_id": i, "source": s.source, "title": s.board.title} for i, s in zip(ids, inputs, strict=True)]
+        print(json.dumps({"priority": args.priority, "projects": rows}, indent=2))
+    else:
+        print("\n".join(str(i) for i in ids))
     return 0
 
 
@@ -69,28 +77,34 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from vidpipe_tasks.status import load_status, render_text
+    from vidpipe_tasks.status import load_status, load_summaries, render_table, render_text
 
+    if args.last is not None and args.last < 1:
+        print("vidpipe status: --last needs a positive number", file=sys.stderr)
+        return 2
     try:
-        status = load_status(settings, args.project)
+        if len(args.projects) == 1 and args.last is None:
+            status = load_status(settings, args.projects[0])
+            print(json.dumps(status, indent=2) if args.json else render_text(status))
+        else:
+            table = load_summaries(settings, args.projects or None, args.last)
+            print(json.dumps(table, indent=2) if args.json else render_table(table["projects"]))
     except LookupError as exc:
         print(str(exc), file=sys.stderr)
         return 1
-    print(json.dumps(status, indent=2) if args.json else render_text(status))
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from vidpipe_tasks.celery_app import app
-    from vidpipe_tasks.workflow import NothingToRun, enqueue_project
+    from vidpipe_tasks.workflow import NothingToRun, StillQueued, resume
 
     code = 0
     for project_id in args.projects:
         try:
-            enqueue_project(app, settings, project_id)
-            print(f"project {project_id}: queued again from its first unfinished scene")
-        except (LookupError, NothingToRun) as exc:
+            print(resume(app, settings, project_id, args.priority).describe())
+        except (LookupError, NothingToRun, StillQueued) as exc:
             print(str(exc), file=sys.stderr)
             code = 1
     return code
@@ -98,16 +112,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from vidpipe_tasks.workflow import cancel_project
+    from vidpipe_tasks.celery_app import app
+    from vidpipe_tasks.workflow import cancel
 
-    try:
-        for project_id in args.projects:
-            cancel_project(settings, project_id)
-            print(f"project {project_id}: cancelled (queued tasks stop when a worker takes them)")
-    except LookupError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
-    return 0
+    code = 0
+    for project_id in args.projects:
+        try:
+            print(cancel(app, settings, project_id).describe())
+        except LookupError as exc:
+            print(str(exc), file=sys.stderr)
+            code = 1
+    return code
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
@@ -115,19 +130,86 @@ def cmd_wait(args: argparse.Namespace) -> int:
     from vidpipe_tasks.wait import wait_for
 
     try:
-        return wait_for(settings, args.projects, args.timeout)
+        return wait_for(settings, args.projects, args.timeout, poll=args.poll, heartbeat=args.heartbeat)
     except LookupError as exc:
         print(str(exc), file=sys.stderr)
         return 1
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from vidpipe_tasks.celery_app import app
+    from vidpipe_tasks.queues import queues_report, render_queues
+
+    try:
+        report = queues_report(app, settings, timeout=args.timeout, workers=not args.no_workers)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else render_queues(report))
+    return 0
 
 
 def cmd_db(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from vidpipe_tasks.db.migrate import prepare_installation
 
-    prepare_installation(settings)
+    prepare_installation(settings, migrate=True)
     print(f"database at head: {settings.database_url}")
     return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from dataclasses import replace
+
+    from vidpipe_tasks import model_store
+
+    if args.model:
+        settings = replace(settings, clip_model=args.model)
+    if args.action == "status":
+        status = model_store.models_status(settings)
+        print(json.dumps(status, indent=2) if args.json else model_store.render_status(status))
+        return 0
+    sources = [(kind, src) for kind, src in (("insightface", args.insightface), ("open_clip", args.open_clip)) if src]
+    if not sources:
+        print("vidpipe models stage: give --insightface SRC and/or --open-clip SRC", file=sys.stderr)
+        return 2
+    if len(args.sha256 or []) != len(sources):
+        print("vidpipe models stage: give one --sha256 per source (insightface first)", file=sys.stderr)
+        return 2
+    try:
+        for (kind, src), digest in zip(sources, args.sha256, strict=True):
+            if kind == "insightface":
+                where = model_store.stage_insightface(settings, src, digest)
+            else:
+                where = model_store.stage_open_clip(settings, src, digest, Path(args.config) if args.config else None)
+            print(f"{kind} staged at {where}")
+    except model_store.StagingError as exc:
+        print(f"vidpipe models stage: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from vidpipe_tasks.flower import FlowerRefused, flower_config, run_flower
+
+    try:
+        config = flower_config(
+            settings,
+            basic_auth=args.basic_auth,
+            port=args.port,
+            address=args.address,
+            max_tasks=args.max_tasks,
+            purge_offline_workers=args.purge_offline_workers,
+        )
+    except FlowerRefused as exc:
+        print(f"vidpipe flower: {exc}", file=sys.stderr)
+        return 2
+    from vidpipe_tasks.celery_app import app
+
+    return run_flower(app, config)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,8 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     submit = sub.add_parser("submit", help="validate storyboards, store them and queue their chains")
-    submit.add_argument("files", nargs="+", help="storyboard YAML/JSON files")
-    submit.add_argument("--priority", type=int, choices=range(10), metavar="0-9")
+    submit.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="storyboard files (YAML/JSON), folders of them, JSONL batches"
+    )
+    submit.add_argument(
+        "--priority", type=priority_arg, metavar="0-9", help="Redis only: 0 is served first (docs/operations.md)"
+    )
+    submit.add_argument("--json", action="store_true", help="print project ids with their sources as JSON")
     submit.set_defaults(func=cmd_submit)
 
     worker = sub.add_parser("worker", help="run a Celery worker on some queues")
@@ -157,23 +244,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=cmd_worker)
 
-    status = sub.add_parser("status", help="show a project's scenes, tasks and scores")
-    status.add_argument("project", type=int)
+    status = sub.add_parser("status", help="a table of projects, or one project's scenes, tasks and scores")
+    status.add_argument("projects", type=int, nargs="*", metavar="PROJECT", help="one: detailed view; none: all")
+    status.add_argument("--last", type=int, metavar="N", help="only the N most recent projects (a table)")
     status.add_argument("--json", action="store_true", help="machine-readable (docs/status-json.md)")
     status.set_defaults(func=cmd_status)
 
     wait = sub.add_parser("wait", help="follow projects until they end (exit 1 if any failed, 124 on timeout)")
     wait.add_argument("projects", type=int, nargs="+")
     wait.add_argument("--timeout", type=float, default=3600.0)
+    wait.add_argument("--poll", type=float, default=0.5, help="seconds between reads of the database")
+    wait.add_argument(
+        "--heartbeat", type=float, default=30.0, help="not on a terminal: repeat unfinished projects' lines this often"
+    )
     wait.set_defaults(func=cmd_wait)
 
-    resume = sub.add_parser("resume", help="queue a project again from its first scene not yet registered")
+    resume = sub.add_parser("resume", help="queue a stalled project again from its first scene not yet registered")
     resume.add_argument("projects", type=int, nargs="+")
+    resume.add_argument("--priority", type=priority_arg, metavar="0-9", help="Redis only: 0 is served first")
     resume.set_defaults(func=cmd_resume)
 
-    cancel = sub.add_parser("cancel", help="cancel projects; their queued tasks stop themselves")
+    cancel = sub.add_parser("cancel", help="cancel projects and revoke their queued tasks")
     cancel.add_argument("projects", type=int, nargs="+")
     cancel.set_defaults(func=cmd_cancel)
+
+    queues = sub.add_parser("queues", help="messages waiting per queue (priority sub-lists too) and per-worker load")
+    queues.add_argument("--json", action="store_true", help="machine-readable")
+    queues.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for workers to answer")
+    queues.add_argument("--no-workers", action="store_true", help="only the queue depths (no broadcast)")
+    queues.set_defaults(func=cmd_queues)
+
+    models = sub.add_parser("models", help="CV engines usable on this host; stage weights for offline GPU nodes")
+    models.add_argument("action", choices=["status", "stage"])
+    models.add_argument("--json", action="store_true", help="status: machine-readable")
+    models.add_argument("--insightface", metavar="SRC", help="stage: model pack zip or folder, path or URL")
+    models.add_argument("--open-clip", metavar="SRC", help="stage: open_clip state-dict file, path or URL")
+    models.add_argument(
+        "--model", help="stage: open_clip architecture the weights are for (default VIDPIPE_CLIP_MODEL)"
+    )
+    models.add_argument("--config", help="stage: open_clip model config JSON for a custom architecture")
+    models.add_argument("--sha256", action="append", help="expected checksum of each source (required)")
+    models.set_defaults(func=cmd_models)
+
+    from vidpipe_tasks.flower import add_flower_arguments  # light: Flower itself is imported only to run it
+
+    flower = sub.add_parser("flower", help="run Flower (tasks, workers, /metrics) on the Redis broker, basic auth")
+    add_flower_arguments(flower)
+    flower.set_defaults(func=cmd_flower)
 
     db = sub.add_parser("db", help="database maintenance")
     db.add_argument("action", choices=["upgrade"])
@@ -188,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except SchemaNotReady as exc:
+        print(f"vidpipe: {exc}", file=sys.stderr)
+        return 2
     except StoryboardError as exc:
         print("invalid storyboard(s); nothing was queued:", file=sys.stderr)
         for file, field, reason in exc.problems:

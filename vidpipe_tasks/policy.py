@@ -55,6 +55,19 @@ class PipelineTask(Task):
         self._record_finish(task_id, "degraded" if degraded else "success", result_detail(result))
         return result
 
+    def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        """A task that failed for good ends its chain: mark the project FAILED so `wait` and `status` say so.
+
+        Not called for a redelivery after a lost worker; `vidpipe resume` restarts a failed project.
+        """
+        project_id, scene_index = _ids(args)
+        if project_id is not None:
+            from vidpipe_tasks.stages import mark_failed
+
+            mark_failed(
+                self.app.vidpipe_settings, int(project_id), scene_index, self.name, f"{type(exc).__name__}: {exc}"
+            )
+
     def _record_start(self, task_id: str, args: tuple) -> None:
         project_id, scene_index = _ids(args)
         delivery = self.request.delivery_info or {}

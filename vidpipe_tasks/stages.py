@@ -211,3 +211,21 @@ def finalize_project(settings: Settings, project_id: int) -> dict:
         project.status = ProjectStatus.COMPLETED if finished else ProjectStatus.FAILED
         project.finished_at = project.finished_at if project.finished_at and finished else datetime.now(UTC)
         return {"project_id": project_id, "status": project.status.value}
+
+
+#: Which scene stage a task's failure marks FAILED.
+_STAGE_OF_TASK = {"vidpipe.generate_clip": "generation_status", "vidpipe.register_entities": "registry_status"}
+
+
+def mark_failed(settings: Settings, project_id: int, scene_index: int | None, task_name: str, reason: str) -> None:
+    """Record that a task failed for good: its scene stage and the project become FAILED (cancelled stays)."""
+    with session_scope(settings.database_url) as s:
+        project = s.get(Project, project_id)
+        if project is None or project.status in (ProjectStatus.CANCELLED, ProjectStatus.COMPLETED):
+            return
+        log.error("project %s failed in %s (scene %s): %s", project_id, task_name, scene_index, reason)
+        project.status, project.finished_at = ProjectStatus.FAILED, datetime.now(UTC)
+        field = _STAGE_OF_TASK.get(task_name)
+        scene = next((sc for sc in project.scenes if sc.scene_index == scene_index), None)
+        if field and scene is not None:
+            setattr(scene, field, StageStatus.FAILED)

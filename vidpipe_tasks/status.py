@@ -1,4 +1,4 @@
-"""Project status as data: the `vidpipe status --json` contract for scripts, and its text rendering."""
+"""Project status as data: the `vidpipe status --json` contract for scripts (one project or a table), and its text."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vidpipe_tasks.db.models import Project, TaskRun
+from vidpipe_tasks.db.models import Project, Scene, SceneManifest, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import Settings
 
@@ -108,3 +108,124 @@ def render_text(status: dict) -> str:
         for t in sc["tasks"]:
             lines.append(f"    {t['name']:<26} {t['outcome']:<9} queue={t['queue']} worker={t['worker']}")
     return "\n".join(lines)
+
+
+#: Stage statuses that let a scene move on.
+_STAGE_FINISHED = {"DONE", "SKIPPED", "DEGRADED"}
+STAGES = ("generation", "analysis", "registry")
+
+
+def current_stage(stages_by_scene: list[tuple[int, dict[str, str]]]) -> dict | None:
+    """The first stage not yet through, of the first scene not yet through: where the project is now.
+
+    Args:
+        stages_by_scene: (scene_index, {"generation": ..., "analysis": ..., "registry": ...}) in scene order.
+
+    """
+    for index, stages in stages_by_scene:
+        for stage in STAGES:
+            if stages[stage] not in _STAGE_FINISHED:
+                return {"scene_index": index, "stage": stage, "status": stages[stage]}
+    return None
+
+
+def _summary(project: Project, scenes: list[tuple[Scene, float | None]], now: datetime) -> dict:
+    stages = [(sc.scene_index, {st: getattr(sc, f"{st}_status").value for st in STAGES}) for sc, _ in scenes]
+    scores = [score for _, score in scenes if score is not None]
+    created = project.created_at if project.created_at.tzinfo else project.created_at.replace(tzinfo=UTC)
+    ended = project.status.value in ("COMPLETED", "FAILED", "CANCELLED")
+    return {
+        "project_id": project.id,
+        "title": project.title,
+        "status": project.status.value,
+        "scenes_total": len(scenes),
+        "scenes_done": sum(1 for _, st in stages if st["registry"] in ("DONE", "SKIPPED")),
+        "current_stage": None if ended else current_stage(stages),
+        "continuity_mean": sum(scores) / len(scores) if scores else None,
+        "created_at": _iso(project.created_at),
+        "finished_at": _iso(project.finished_at),
+        "age_s": round((now - created).total_seconds(), 1),
+    }
+
+
+def project_summaries(session: Session, ids: list[int] | None = None, last: int | None = None) -> list[dict]:
+    """One summary row per project (see docs/status-json.md), in id order.
+
+    Args:
+        session: an open session.
+        ids: only these projects (every one must exist); None for all.
+        last: only the `last` most recent of them.
+
+    Raises:
+        LookupError: naming the ids that do not exist.
+
+    """
+    stmt = select(Project)
+    if ids:
+        stmt = stmt.where(Project.id.in_(ids))
+    if last is not None:
+        stmt = stmt.order_by(Project.id.desc()).limit(last)
+    projects = sorted(session.scalars(stmt), key=lambda p: p.id)
+    missing = sorted(set(ids or []) - {p.id for p in projects})
+    if missing:
+        raise LookupError("no project " + ", ".join(str(i) for i in missing))
+    scenes: dict[int, list[tuple[Scene, float | None]]] = {p.id: [] for p in projects}
+    if projects:
+        # One query for every scene and its score, not one per project: the table may list thousands.
+        rows = session.execute(
+            select(Scene, SceneManifest.continuity_score)
+            .outerjoin(SceneManifest, SceneManifest.scene_id == Scene.id)
+            .where(Scene.project_id.in_(scenes))
+            .order_by(Scene.project_id, Scene.scene_index)
+        )
+        for scene, score in rows:
+            scenes[scene.project_id].append((scene, score))
+    now = datetime.now(UTC)
+    return [_summary(p, scenes[p.id], now) for p in projects]
+
+
+def load_summaries(settings: Settings, ids: list[int] | None = None, last: int | None = None) -> dict:
+    """`vidpipe status --json` without a single project: {"schema": ..., "projects": [summary, ...]}."""
+    with session_scope(settings.database_url) as s:
+        return {"schema": STATUS_SCHEMA_VERSION, "projects": project_summaries(s, ids, last)}
+
+
+def format_age(seconds: float) -> str:
+    """A short age: 42s, 12m, 5h, 3d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(seconds, 0))}s"
+
+
+def _stage_text(stage: dict | None) -> str:
+    if stage is None:
+        return "-"
+    return f"scene {stage['scene_index']} {stage['stage']} {stage['status'].lower()}"
+
+
+def render_table(summaries: list[dict], title_width: int = 32) -> str:
+    """The project table of `vidpipe status` (no project, several, or --last N)."""
+    header = ("ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "AGE")
+    rows = [
+        (
+            str(p["project_id"]),
+            p["title"] if len(p["title"]) <= title_width else p["title"][: title_width - 1] + "…",
+            p["status"],
+            f"{p['scenes_done']}/{p['scenes_total']}",
+            _stage_text(p["current_stage"]),
+            "-" if p["continuity_mean"] is None else f"{p['continuity_mean']:.2f}",
+            format_age(p["age_s"]),
+        )
+        for p in summaries
+    ]
+    if not rows:
+        return "no projects"
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {0, 3, 5, 6}  # numbers line up on the right
+    return "\n".join(
+        "  ".join(
+            cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in [header, *rows]
+    )

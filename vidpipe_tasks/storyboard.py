@@ -168,13 +168,28 @@ def load_storyboard(path: Path) -> Storyboard:
         raise StoryboardError([(name, "(file)", "no such file")]) from None
     except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoryboardError([(name, "(file)", f"not valid YAML/JSON: {exc}")]) from None
+    return validate_storyboard(data, name, path.parent)
+
+
+def validate_storyboard(data: object, name: str, base: Path) -> Storyboard:
+    """Validate already parsed storyboard data (a file's content, or one line of a JSONL batch).
+
+    Args:
+        data: the parsed YAML/JSON value.
+        name: how problems name this storyboard (a path, or "batch.jsonl:3").
+        base: folder that relative reference images resolve against.
+
+    Raises:
+        StoryboardError: with one (name, field, reason) per problem.
+
+    """
     if not isinstance(data, dict):
         raise StoryboardError([(name, "(top level)", "expected a mapping with title and scenes")])
     try:
         board = Storyboard.model_validate(data)
     except ValidationError as exc:
         raise StoryboardError([(name, *_field_and_reason(e)) for e in exc.errors()]) from None
-    problems = [(name, f, r) for f, r in _reference_problems(board, path.parent)]
+    problems = [(name, f, r) for f, r in _reference_problems(board, base)]
     if problems:
         raise StoryboardError(problems)
     return board

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from collections.abc import Callable
+from typing import TextIO
 
 from vidpipe_tasks.settings import Settings
-from vidpipe_tasks.status import load_status
+from vidpipe_tasks.status import STAGES, current_stage, load_status
 
 ENDED = {"COMPLETED", "FAILED", "CANCELLED"}
 #: Exit codes: all completed, any failed or cancelled, timed out (as `timeout(1)` does).
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 124
+#: Stage statuses that count as progress on the bar.
+_STAGE_DONE = {"DONE", "SKIPPED", "DEGRADED"}
 
 
 def scenes_done(status: dict) -> int:
@@ -18,29 +21,112 @@ def scenes_done(status: dict) -> int:
     return sum(1 for sc in status["scenes"] if sc["stages"]["registry"] in ("DONE", "SKIPPED"))
 
 
+def stage_fraction(status: dict) -> float:
+    """Share of all stages of all scenes that are through: the bar moves per stage, not only per scene."""
+    stages = [sc["stages"][st] for sc in status["scenes"] for st in STAGES]
+    if status["status"] == "COMPLETED" or not stages:
+        return 1.0
+    return sum(1 for st in stages if st in _STAGE_DONE) / len(stages)
+
+
 def progress_line(status: dict, width: int = 20) -> str:
+    """One project's bar: ``project    1 [#######-------------] 1/4 RUNNING scene 2 analysis running``."""
     total, done = len(status["scenes"]), scenes_done(status)
-    filled = round(width * done / total) if total else width
+    filled = round(width * stage_fraction(status))
     bar = "#" * filled + "-" * (width - filled)
-    return f"project {status['project_id']:>4} [{bar}] {done}/{total} {status['status']}"
+    line = f"project {status['project_id']:>4} [{bar}] {done}/{total} {status['status']}"
+    if status["status"] not in ENDED:
+        stage = current_stage([(sc["scene_index"], sc["stages"]) for sc in status["scenes"]])
+        if stage:
+            line += f" scene {stage['scene_index']} {stage['stage']} {stage['status'].lower()}"
+    return line
+
+
+class PlainProgress:
+    """For logs and pipes: a line whenever a project's bar changes, and all open bars every `heartbeat` s."""
+
+    def __init__(self, out: TextIO, heartbeat: float) -> None:
+        self.out, self.heartbeat = out, heartbeat
+        self.shown: dict[int, str] = {}
+        self.last_all = time.monotonic()
+
+    def update(self, lines: dict[int, str], ended: set[int]) -> None:
+        beat = time.monotonic() - self.last_all >= self.heartbeat
+        for project_id, line in lines.items():
+            changed = self.shown.get(project_id) != line
+            if changed or (beat and project_id not in ended):
+                self.out.write(line + "\n")
+            self.shown[project_id] = line
+        if beat:
+            self.last_all = time.monotonic()
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+class TtyProgress:
+    """For a terminal: one bar per project, redrawn in place."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.drawn = 0
+        self.previous: list[str] = []
+
+    def update(self, lines: dict[int, str], ended: set[int]) -> None:
+        current = list(lines.values())
+        if current == self.previous:
+            return
+        # Move to the start of the first bar drawn last time, then rewrite each line (clearing its rest).
+        self.out.write(f"\x1b[{self.drawn}F" if self.drawn else "")
+        self.out.write("".join(f"\x1b[2K{line}\n" for line in current))
+        self.out.flush()
+        self.drawn, self.previous = len(current), current
+
+    def note(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
 
 
 def wait_for(
-    settings: Settings, ids: list[int], timeout: float, poll: float = 0.5, echo: Callable[[str], None] = print
+    settings: Settings,
+    ids: list[int],
+    timeout: float,
+    poll: float = 0.5,
+    out: TextIO | None = None,
+    tty: bool | None = None,
+    heartbeat: float = 30.0,
 ) -> int:
-    """Poll until every project ended or `timeout` passed; print a line whenever a project's bar changes."""
-    shown: dict[int, str] = {}
+    """Poll until every project ended or `timeout` passed, showing progress on `out`.
+
+    Args:
+        settings: the installation.
+        ids: projects to follow.
+        timeout: seconds before giving up (exit code 124).
+        poll: seconds between database reads.
+        out: where progress goes (default stdout).
+        tty: bars redrawn in place (default: whether `out` is a terminal); otherwise plain lines.
+        heartbeat: plain mode repeats every unfinished project's line this often, so logs show it is alive.
+
+    Returns:
+        0 when all completed, 1 when any failed or was cancelled, 124 on timeout.
+
+    Raises:
+        LookupError: a project does not exist.
+
+    """
+    out = out or sys.stdout
+    tty = out.isatty() if tty is None else tty
+    display = TtyProgress(out) if tty else PlainProgress(out, heartbeat)
     deadline = time.monotonic() + timeout
     while True:
         statuses = [load_status(settings, i) for i in ids]
-        for st in statuses:
-            line = progress_line(st)
-            if shown.get(st["project_id"]) != line:
-                shown[st["project_id"]] = line
-                echo(line)
+        ended = {st["project_id"] for st in statuses if st["status"] in ENDED}
+        display.update({st["project_id"]: progress_line(st) for st in statuses}, ended)
         if all(st["status"] in ENDED for st in statuses):
             return EXIT_OK if all(st["status"] == "COMPLETED" for st in statuses) else EXIT_FAILED
         if time.monotonic() >= deadline:
-            echo(f"timed out after {timeout:g}s")
+            display.note(f"timed out after {timeout:g}s")
             return EXIT_TIMEOUT
         time.sleep(poll)

@@ -1,9 +1,11 @@
-"""Projects as Celery chains: create from a storyboard, build the flat chain, submit, resume."""
+"""Projects as Celery chains: create from a storyboard, build the flat chain, submit, resume, cancel."""
 
 from __future__ import annotations
 
 import io
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,10 +24,13 @@ from vidpipe_tasks.db.models import (
     ProjectStatus,
     Scene,
     StageStatus,
+    TaskRun,
 )
 from vidpipe_tasks.db.session import session_scope
+from vidpipe_tasks.inputs import StoryboardInput, load_inputs
+from vidpipe_tasks.queues import BrokerMessage, drop_unacked, project_messages
 from vidpipe_tasks.settings import Settings
-from vidpipe_tasks.storyboard import ManifestSpec, Storyboard, load_storyboards
+from vidpipe_tasks.storyboard import ManifestSpec, Storyboard
 
 
 def _store_reference(settings: Settings, manifest_id: int, tag: str, source: str, base: Path) -> str:
@@ -74,14 +79,22 @@ def upsert_manifest(session: Session, settings: Settings, spec: ManifestSpec, ba
     return manifest
 
 
-def create_project(settings: Settings, path: Path, board: Storyboard) -> int:
-    """Store a validated storyboard as a project with its scenes; nothing is queued."""
+def create_project(settings: Settings, path: Path, board: Storyboard, source: str | None = None) -> int:
+    """Store a validated storyboard as a project with its scenes; nothing is queued.
+
+    Args:
+        settings: the installation.
+        path: the storyboard file (or the JSONL batch holding it); reference images resolve against its folder.
+        board: the validated storyboard.
+        source: what to record as the project's source (default `path`; "batch.jsonl:3" for a batch line).
+
+    """
     with session_scope(settings.database_url) as s:
         manifest = upsert_manifest(s, settings, board.manifest, path.parent) if board.manifest else None
         project = Project(
             title=board.title,
             manifest_id=manifest.id if manifest else None,
-            source_path=str(path),
+            source_path=source or str(path),
             storyboard_json=board.model_dump(mode="json"),
         )
         s.add(project)
@@ -104,13 +117,18 @@ def create_project(settings: Settings, path: Path, board: Storyboard) -> int:
         return project.id
 
 
-def build_chain(app: Celery, project_id: int, scene_indices: list[int], with_analysis: bool) -> Signature:
+def build_chain(
+    app: Celery, project_id: int, scene_indices: list[int], with_analysis: bool, priority: int | None = None
+) -> Signature:
     """One flat chain for a project.
 
     Per scene: ``generate_clip.si(ref) | analyze_clip.s() | register_entities.s()``; a project without a
     manifest gets ``generate_clip.si(ref)`` only, so nothing of it reaches the CV queue. ``.si`` keeps scene
     N+1 from receiving scene N's result, and Celery sends it only after register_entities has returned,
     which is after its transaction committed.
+
+    `priority` is set on every task: a chain's `apply_async(priority=...)` reaches only its first task
+    (Celery's `task_inherit_parent_priority` is off), and a project keeps its place for all its scenes.
     """
     steps: list[Signature] = []
     for index in scene_indices:
@@ -120,6 +138,9 @@ def build_chain(app: Celery, project_id: int, scene_indices: list[int], with_ana
             steps.append(app.signature("vidpipe.analyze_clip"))
             steps.append(app.signature("vidpipe.register_entities"))
     steps.append(app.signature("vidpipe.finalize_project", args=({"project_id": project_id},), immutable=True))
+    if priority is not None:
+        for step in steps:
+            step.set(priority=priority)
     return chain(*steps)
 
 
@@ -152,9 +173,7 @@ def enqueue_project(app: Celery, settings: Settings, project_id: int, priority: 
         if project.status != ProjectStatus.PENDING:
             # Committed before anything is sent: a cancelled project's tasks would otherwise stop themselves.
             project.status, project.finished_at = ProjectStatus.RUNNING, None
-    result = build_chain(app, project_id, scenes, with_analysis).apply_async(
-        **({} if priority is None else {"priority": priority})
-    )
+    result = build_chain(app, project_id, scenes, with_analysis, priority).apply_async()
     while result.parent is not None:
         result = result.parent
     with session_scope(settings.database_url) as s:
@@ -162,23 +181,142 @@ def enqueue_project(app: Celery, settings: Settings, project_id: int, priority: 
     return result.id
 
 
-def cancel_project(settings: Settings, project_id: int) -> None:
-    """Mark a project cancelled: its queued tasks stop themselves (and its chain) when a worker takes them."""
+def cancel_project(settings: Settings, project_id: int) -> str:
+    """Mark a project cancelled: its queued tasks stop themselves (and its chain) when a worker takes them.
+
+    Returns:
+        The project's status afterwards (a completed project stays COMPLETED).
+
+    """
     with session_scope(settings.database_url) as s:
         project = s.get(Project, project_id)
         if project is None:
             raise LookupError(f"no project {project_id}")
         if project.status != ProjectStatus.COMPLETED:
             project.status, project.finished_at = ProjectStatus.CANCELLED, datetime.now(UTC)
+        return project.status.value
 
 
-def submit(app: Celery, settings: Settings, paths: list[Path], priority: int | None = None) -> list[int]:
-    """Validate every storyboard first (nothing is queued if any is wrong), then store and queue each."""
-    boards = load_storyboards(paths)
-    ids = [create_project(settings, path, board) for path, board in boards]
+@dataclass
+class CancelReport:
+    """What `cancel` did to one project."""
+
+    project_id: int
+    status: str
+    #: The project's messages found in the broker: waiting in a queue, or (Redis) delivered and unacknowledged.
+    messages: list[BrokerMessage] = field(default_factory=list)
+    #: Tasks the run log shows running: they stop at their next check of the project's status.
+    running: list[str] = field(default_factory=list)
+    #: Every task id sent in the revoke broadcast.
+    revoked: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line for `vidpipe cancel`."""
+        if self.status == ProjectStatus.COMPLETED:
+            return f"project {self.project_id}: already COMPLETED; nothing to cancel"
+        seen = {m.task_id for m in self.messages}
+        where = {"queued": "waiting on", "unacked": "held by a worker from"}
+        parts = [f"{_name(m)} ({where.get(m.state, m.state)} {m.queue})" for m in self.messages]
+        parts += [f"running task {i}" for i in self.running if i not in seen]
+        later = len(set(self.revoked) - seen - set(self.running))
+        if later:
+            parts.append(f"{later} later task(s) of its chain")
+        found = "; ".join(parts) if parts else "nothing queued or running was found"
+        return f"project {self.project_id}: cancelled; revoked {len(self.revoked)} task id(s): {found}"
+
+
+def _name(m: BrokerMessage) -> str:
+    return f"{m.task.removeprefix('vidpipe.')} scene {m.scene_index}"
+
+
+def cancel(app: Celery, settings: Settings, project_id: int) -> CancelReport:
+    """Cancel a project: mark it cancelled, then revoke every task id of it that is still to run.
+
+    The mark comes first, so any task a worker takes from now on stops itself and its chain
+    (policy.PipelineTask raises Ignore). The ids revoked are the project's messages in the broker, the rest of
+    their chains (those ids exist only inside the message until Celery sends them), on Redis the deliveries
+    workers hold unacknowledged, and the tasks the run log shows running. A worker that is up discards a
+    revoked message without running it; a solo-pool worker reads the revoke only between tasks, and a worker
+    started later never hears it: for those, the cancelled status stops the task when it starts. Messages are
+    left in the broker; a worker takes each and drops it at once.
+    """
+    status = cancel_project(settings, project_id)
+    report = CancelReport(project_id, status)
+    if status == ProjectStatus.COMPLETED:
+        return report
+    report.messages = project_messages(app, settings, project_id)
+    with session_scope(settings.database_url) as s:
+        report.running = list(
+            s.scalars(select(TaskRun.task_id).where(TaskRun.project_id == project_id, TaskRun.outcome == "running"))
+        )
+    ids = [i for m in report.messages for i in (m.task_id, *m.chain_ids)] + report.running
+    report.revoked = list(dict.fromkeys(ids))  # unique, in order
+    if report.revoked:
+        app.control.revoke(report.revoked)
+    return report
+
+
+class StillQueued(RuntimeError):
+    """The project has a task waiting in the broker: it is not stalled, and resuming would run it twice."""
+
+
+@dataclass
+class ResumeReport:
+    """What `resume` did to one project."""
+
+    project_id: int
+    root_id: str
+    #: Redis deliveries of the project that no worker acknowledged (their worker died) and that were dropped.
+    dropped: list[BrokerMessage] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line for `vidpipe resume`."""
+        line = f"project {self.project_id}: queued again from its first unfinished scene (task {self.root_id})"
+        if self.dropped:
+            line += f"; dropped {len(self.dropped)} unacknowledged delivery(ies) of a worker that stopped"
+        return line
+
+
+def resume(app: Celery, settings: Settings, project_id: int, priority: int | None = None) -> ResumeReport:
+    """Queue a stalled project again from its first scene not yet through its last stage.
+
+    Raises:
+        LookupError: no such project.
+        StillQueued: a task of the project is waiting in a queue, so it will go on by itself.
+        NothingToRun: every scene is done.
+
+    """
+    messages = project_messages(app, settings, project_id)
+    waiting = [m for m in messages if m.state == "queued"]
+    if waiting:
+        m = waiting[0]
+        raise StillQueued(
+            f"project {project_id} is not stalled: {m.task} (scene {m.scene_index}) is waiting on queue {m.queue}"
+        )
+    root_id = enqueue_project(app, settings, project_id, priority)
+    # A dead worker's delivery would come back after the visibility timeout and re-run scenes already
+    # resumed; drop it only once the new chain is queued (its own deliveries have other tags).
+    stale = [m for m in messages if m.state == "unacked"]
+    drop_unacked(app, settings, stale)
+    return ResumeReport(project_id, root_id, stale)
+
+
+def submit_inputs(
+    app: Celery, settings: Settings, inputs: Sequence[StoryboardInput], priority: int | None = None
+) -> list[int]:
+    """Store and queue already validated storyboards, one project each; returns the project ids in order."""
+    ids = [create_project(settings, i.path, i.board, i.source) for i in inputs]
     for project_id in ids:
         enqueue_project(app, settings, project_id, priority)
     return ids
+
+
+def submit(app: Celery, settings: Settings, sources: Sequence[str | Path], priority: int | None = None) -> list[int]:
+    """Validate every input (files, folders, JSONL batches), then store and queue each storyboard as a project.
+
+    Nothing is stored or queued while any input is wrong (StoryboardError lists every problem).
+    """
+    return submit_inputs(app, settings, load_inputs(sources), priority)
 
 
 def purge_queue_folder(settings: Settings) -> int:

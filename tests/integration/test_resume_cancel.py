@@ -114,3 +114,35 @@ def test_a_cancelled_project_runs_nothing_and_wait_exits_non_zero(settings) -> N
     assert outcomes == ["cancelled"]
     with session_scope(settings.database_url) as s:
         assert s.scalar(select(func.count()).select_from(Clip)) == 0
+
+
+def test_a_task_that_fails_for_good_marks_the_project_failed_and_resume_recovers_it(settings) -> None:
+    from dataclasses import replace
+
+    from vidpipe_tasks.db.models import Scene
+
+    board = example_path("market.yaml")
+    project = create_project(settings, board, load_storyboard(board))
+    logs = settings.home / "logs"
+    broken = start_worker(replace(settings, generator="no-such-generator"), "broken", [GENERATION_QUEUE], logs)
+    try:
+        wait_ready([broken])
+        enqueue_project(create_app(settings), settings, project)
+        waited = vidpipe(settings, "wait", str(project), "--timeout", "120")
+    finally:
+        stop_workers([broken])
+    assert waited.returncode == 1, waited.stdout + waited.stderr
+    with session_scope(settings.database_url) as s:
+        assert s.get(Project, project).status.value == "FAILED"
+        first = s.scalar(select(Scene).where(Scene.project_id == project, Scene.scene_index == 1))
+        assert first.generation_status.value == "FAILED"
+        failure = s.scalar(select(TaskRun).where(TaskRun.project_id == project, TaskRun.outcome == "failure"))
+        assert "no-such-generator" in failure.detail
+    good = start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs)
+    try:
+        wait_ready([good])
+        resumed = vidpipe(settings, "resume", str(project))
+        assert resumed.returncode == 0, resumed.stderr
+        assert vidpipe(settings, "wait", str(project), "--timeout", "120").returncode == 0
+    finally:
+        stop_workers([good])
