@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +11,10 @@ from celery import Celery
 from sqlalchemy import select
 
 from tests.conftest import DATA, make_settings
+from tests.helpers import wait_projects_finished
 from vidpipe_tasks import media
 from vidpipe_tasks.celery_app import create_app
-from vidpipe_tasks.db.models import Clip, Project, Scene
+from vidpipe_tasks.db.models import Clip, Scene
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.demo import example_paths
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings
@@ -62,20 +62,6 @@ def _corrupt_clip(settings: Settings, project_id: int, scene_index: int) -> None
         )
 
 
-def _wait_all(settings: Settings, ids: list[int], workers: list[WorkerProcess]) -> None:
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        with session_scope(settings.database_url) as s:
-            states = [s.get(Project, i).status.value for i in ids]
-        if all(st in ("COMPLETED", "FAILED", "CANCELLED") for st in states):
-            return
-        dead = [w.name for w in workers if w.process.poll() is not None]
-        assert not dead, f"worker(s) died: {dead}"
-        time.sleep(0.5)
-    logs = "\n".join(w.logfile.read_text()[-3000:] for w in workers)
-    pytest.fail(f"projects not finished after {RUN_TIMEOUT_S}s: {states}\n{logs}")
-
-
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineRun]:
     """Submit three projects at once to one generation+registry worker and one CV worker."""
@@ -95,7 +81,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineR
         wait_ready(workers)
         for project_id in (lighthouse, quay, market):
             enqueue_project(app, settings, project_id)
-        _wait_all(settings, [lighthouse, quay, market], workers)
+        wait_projects_finished(settings, [lighthouse, quay, market], workers, RUN_TIMEOUT_S)
         yield PipelineRun(settings, app, workers, lighthouse, quay, market)
     finally:
         stop_workers(workers)

@@ -7,7 +7,7 @@ from dataclasses import replace
 from sqlalchemy import select
 
 from tests.conftest import DATA, make_settings
-from tests.integration.conftest import _wait_all
+from tests.helpers import wait_projects_finished
 from tests.tiny_clip import write_tiny_clip
 from tests.tiny_models import build_tiny_pack
 from vidpipe_tasks.celery_app import create_app
@@ -34,7 +34,7 @@ def test_auto_uses_the_staged_tiny_models_end_to_end_and_records_visual_continui
     try:
         wait_ready(workers)
         enqueue_project(create_app(settings), settings, project)
-        _wait_all(settings, [project], workers)
+        wait_projects_finished(settings, [project], workers)
     finally:
         stop_workers(workers)
     cv_log = (logs / "cv-cpu0.log").read_text()

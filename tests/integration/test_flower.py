@@ -9,18 +9,17 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from sqlalchemy import select
 
 from tests.conftest import _REDIS_DBS, DATA, make_settings
+from tests.helpers import wait_until
 from tests.servers import free_port
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import Project, TaskRun
@@ -41,7 +40,6 @@ GEN, CV, REG, FIN = (
     "vidpipe.finalize_project",
 )
 RUN_TIMEOUT_S = 300
-T = TypeVar("T")
 
 
 def get(url: str, auth: tuple[str, str] | None = (USER, PASSWORD)) -> tuple[int, bytes]:
@@ -63,16 +61,6 @@ def get_json(url: str) -> dict:
     status, body = get(url)
     assert status == 200, (url, status, body[:300])
     return json.loads(body)
-
-
-def wait_until(predicate: Callable[[], T], what: str, timeout: float = 60.0, step: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @dataclass

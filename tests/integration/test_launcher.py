@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from sqlalchemy import select
 
 from tests.conftest import make_settings
+from tests.helpers import wait_until
 from tests.integration.conftest import example_path
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import TaskRun
@@ -52,16 +52,6 @@ def children(pid: int) -> dict[str, tuple[int, dict[str, str]]]:
     return found
 
 
-def wait_for(predicate, timeout: float = 90.0, step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
-
-
 def logs_ready(logdir: Path, names: list[str]) -> bool:
     return all((logdir / f"{n}.log").is_file() and " ready." in (logdir / f"{n}.log").read_text() for n in names)
 
@@ -79,16 +69,20 @@ def test_launcher_runs_pinned_children_restarts_a_killed_one_and_shuts_down_warm
     gen = start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], settings.home / "logs")
     try:
         # One process per slot, each with its node name and no visible GPU
-        kids = wait_for(lambda: c if len(c := children(launcher.pid)) == 2 else None)
+        kids = wait_until(lambda: c if len(c := children(launcher.pid)) == 2 else None, "two worker children")
         assert set(kids) == {"cv-cpu0", "cv-cpu1"}
         assert all(
             e.get("CUDA_VISIBLE_DEVICES") == "" and e.get("VIDPIPE_WARM_ENGINE") == "1" for _, e in kids.values()
         )
-        wait_for(lambda: logs_ready(logdir, ["cv-cpu0", "cv-cpu1"]))
+        wait_until(lambda: logs_ready(logdir, ["cv-cpu0", "cv-cpu1"]), "both children ready")
         # A killed child comes back under the same name
         old_pid = kids["cv-cpu1"][0]
         os.kill(old_pid, signal.SIGKILL)
-        wait_for(lambda: (c := children(launcher.pid)).get("cv-cpu1") and c["cv-cpu1"][0] != old_pid, timeout=30)
+        wait_until(
+            lambda: (c := children(launcher.pid)).get("cv-cpu1") and c["cv-cpu1"][0] != old_pid,
+            "cv-cpu1 restarted",
+            timeout=30,
+        )
         # SIGTERM while an analysis runs: it finishes, then every child exits
         wait_ready([gen])
         board = example_path("lighthouse.yaml")
@@ -101,7 +95,7 @@ def test_launcher_runs_pinned_children_restarts_a_killed_one_and_shuts_down_warm
                     select(TaskRun).where(TaskRun.task_name == "vidpipe.analyze_clip", TaskRun.outcome == "running")
                 )
 
-        run = wait_for(running_analysis, timeout=120, step=0.05)
+        run = wait_until(running_analysis, "an analysis to run", 120, step=0.05)
         pids = [p for p, _ in children(launcher.pid).values()]
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(120) == 0
@@ -124,7 +118,7 @@ def test_with_logdir_dash_the_workers_log_to_the_launchers_stdout_for_containers
     argv = [sys.executable, "-m", "gpu_worker", "--device", "cpu", "--processes", "1", "--logdir", "-"]
     launcher = subprocess.Popen(argv, env=env, stdout=out.open("w"), stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: " ready." in out.read_text(errors="replace"))
+        wait_until(lambda: " ready." in out.read_text(errors="replace"), "the worker ready on stdout")
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(60) == 0
     finally:

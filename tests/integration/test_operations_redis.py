@@ -6,10 +6,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +15,8 @@ import redis
 from sqlalchemy import func, select
 
 from tests.conftest import _REDIS_DBS, DATA, make_settings
+from tests.helpers import run_vidpipe as vidpipe
+from tests.helpers import wait_until
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import Asset, AssetAppearance, Clip, Project, TaskRun
 from vidpipe_tasks.db.session import session_scope
@@ -52,17 +50,6 @@ def ops(tmp_path: Path, redis_server, postgres_server, redis_dbs, request) -> Se
     )
 
 
-def vidpipe(settings: Settings, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The `vidpipe` command as an operator runs it, configured by VIDPIPE_* variables."""
-    return subprocess.run(
-        [sys.executable, "-m", "vidpipe_tasks.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **settings.as_env()},
-    )
-
-
 def submit(settings: Settings, *args: str) -> list[int]:
     result = vidpipe(settings, "submit", *args)
     assert result.returncode == 0, result.stderr
@@ -77,16 +64,6 @@ def queues_json(settings: Settings, *args: str) -> dict[str, Any]:
 
 def depths(report: dict[str, Any]) -> dict[str, int]:
     return {q["queue"]: q["depth"] for q in report["queues"]}
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 90.0, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def runs_of(settings: Settings, project_id: int) -> list[TaskRun]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.conftest import make_settings
+from tests.helpers import run_vidpipe as vidpipe
 from tests.integration.conftest import example_path
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import Asset, Clip, Project, TaskRun
@@ -21,15 +20,6 @@ from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE
 from vidpipe_tasks.storyboard import load_storyboard
 from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
-
-
-def vidpipe(settings, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vidpipe_tasks.cli", "--home", str(settings.home), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 @pytest.fixture

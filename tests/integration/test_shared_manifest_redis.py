@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import _REDIS_DBS, DATA, make_settings
+from tests.helpers import wait_projects_finished
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import Asset, AssetAppearance, AssetSource, Clip, Manifest, Project, Scene, TaskRun
 from vidpipe_tasks.db.session import session_scope
@@ -43,21 +43,6 @@ class SharedRun:
     manifest_id: int
 
 
-def _wait_all(settings: Settings, ids: list[int], workers: list[WorkerProcess]) -> None:
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    states: list[str] = []
-    while time.monotonic() < deadline:
-        with session_scope(settings.database_url) as s:
-            states = [s.get(Project, i).status.value for i in ids]
-        if all(st in ("COMPLETED", "FAILED", "CANCELLED") for st in states):
-            return
-        dead = [w.name for w in workers if w.process.poll() is not None]
-        assert not dead, f"worker(s) died: {dead}"
-        time.sleep(0.5)
-    logs = "\n".join(w.logfile.read_text(errors="replace")[-3000:] for w in workers)
-    pytest.fail(f"projects not finished after {RUN_TIMEOUT_S}s: {states}\n{logs}")
-
-
 @pytest.fixture(scope="module")
 def shared_run(tmp_path_factory: pytest.TempPathFactory, redis_server, postgres_server) -> Iterator[SharedRun]:
     """Two solo gen+registry workers and two CV processes (the launcher); four projects queued back to back."""
@@ -82,7 +67,7 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory, redis_server, postgres_
         app = create_app(settings)
         for project_id in projects:
             enqueue_project(app, settings, project_id)
-        _wait_all(settings, projects, workers)
+        wait_projects_finished(settings, projects, workers, RUN_TIMEOUT_S)
         with session_scope(settings.database_url) as s:
             manifest_id = s.scalar(select(Manifest.id).where(Manifest.name == MANIFEST))
         yield SharedRun(settings, projects, manifest_id)

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from tests.helpers import run_vidpipe as vidpipe
 from vidpipe_tasks.demo import example_paths
-
-
-def vidpipe(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vidpipe_tasks.cli", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def queued_messages(home: Path) -> list[Path]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import functools
 import http.server
 import json
-import subprocess
-import sys
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -16,15 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_settings
+from tests.helpers import run_vidpipe as vidpipe
 from tests.tiny_models import build_tiny_pack
 from vidpipe_tasks import model_store
 from vidpipe_tasks.settings import Settings
-
-
-def vidpipe(settings: Settings, *args: str) -> subprocess.CompletedProcess:
-    """The real command in a child process (it exports settings into its own environment)."""
-    argv = [sys.executable, "-m", "vidpipe_tasks.cli", "--home", str(settings.home), *args]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,67 @@
+"""Helpers the test tiers share: run the real `vidpipe` command, wait for a condition or for projects to end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from vidpipe_tasks.db.models import Project
+from vidpipe_tasks.db.session import session_scope
+from vidpipe_tasks.settings import Settings
+from vidpipe_tasks.workers import WorkerProcess
+
+T = TypeVar("T")
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+def run_vidpipe(where: Settings | Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The `vidpipe` command in a child process, configured as an operator would.
+
+    Args:
+        where: settings (passed as VIDPIPE_* variables) or a bare work folder (passed as --home).
+        args: the command line after `vidpipe`.
+        timeout: seconds before the child is killed.
+    """
+    argv = [sys.executable, "-m", "vidpipe_tasks.cli"]
+    env = dict(os.environ)
+    if isinstance(where, Settings):
+        env.update(where.as_env())
+    else:
+        argv += ["--home", str(where)]
+    return subprocess.run([*argv, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def wait_until(predicate: Callable[[], T], what: str, timeout: float = 90.0, step: float = 0.2) -> T:
+    """Poll `predicate` until it returns something truthy and return it; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def wait_projects_finished(
+    settings: Settings, ids: list[int], workers: list[WorkerProcess], timeout: float = 420
+) -> list[str]:
+    """Wait until every project reached a final state; fail early if a worker died, with the logs' tails."""
+    deadline = time.monotonic() + timeout
+    states: list[str] = []
+    while time.monotonic() < deadline:
+        with session_scope(settings.database_url) as s:
+            states = [s.get(Project, i).status.value for i in ids]
+        if all(st in FINAL_STATES for st in states):
+            return states
+        dead = [w.name for w in workers if w.process.poll() is not None]
+        assert not dead, f"worker(s) died: {dead}"
+        time.sleep(0.5)
+    logs = "\n".join(w.logfile.read_text(errors="replace")[-3000:] for w in workers)
+    pytest.fail(f"projects not finished after {timeout:.0f}s: {states}\n{logs}")
