@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -142,7 +144,23 @@ def _visual(sampled, request: dict, embedder) -> tuple[list[float] | None, float
     return current.tolist(), cont.visual_component(current, request.get("previous_visual"), embedder.name)
 
 
-def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, embedder=None, max_frames: int = 12) -> dict:
+#: The steps an analysis reports as progress, in order.
+PROGRESS_STEPS = ("decode", "faces", "match", "visual")
+
+
+def _no_progress(step: str, done: int, total: int) -> None:
+    return None
+
+
+def analyze_clip(
+    request: dict,
+    media_root: Path,
+    engine: FaceEngine,
+    *,
+    embedder=None,
+    max_frames: int = 12,
+    progress: Callable[[str, int, int], None] = _no_progress,
+) -> dict:
     """Analyse one clip against the registry (raises on failure; see analyze_clip_safely).
 
     Args:
@@ -153,6 +171,8 @@ def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, embedde
         embedder: an image embedder (gpu_worker.embedder.ClipEmbedder) or None; without one the
             visual continuity component is recorded as missing.
         max_frames: frames to sample.
+        progress: called as (step, done, total) after each of PROGRESS_STEPS (the task forwards it to
+            Flower and the result backend).
 
     Returns:
         JSON: status, engine, frames, timings_ms, matches, candidates (with crop paths), small
@@ -164,9 +184,11 @@ def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, embedde
     if embedder is not None:
         embedder.timings_ms = {"image_embed": 0.0}
     sampled = sample_frames(media_root / request["clip_path"], max_frames=max_frames)
+    progress("decode", 1, len(PROGRESS_STEPS))
     computed = _embed_references(request, media_root, engine, warnings)
     engine.timings_ms = {"detect": 0.0, "embed": 0.0}  # reference embedding is not per-frame work
     faces = engine.detect_and_embed(list(sampled.frames), sampled.indices)
+    progress("faces", 2, len(PROGRESS_STEPS))
     faces = [f for f in faces if f.bbox[3] - f.bbox[1] >= MIN_FACE_PX]
     t_match = time.perf_counter()
     entries, matrix = _registry_matrix(request, engine, computed)
@@ -175,7 +197,9 @@ def analyze_clip(request: dict, media_root: Path, engine: FaceEngine, *, embedde
     clusters = cluster_faces(unmatched, engine.similarity, engine.match_threshold)
     candidates = _candidates(clusters, sampled, request, media_root, embedder)
     t_visual, crop_embed_ms = time.perf_counter(), _image_ms(embedder)
+    progress("match", 3, len(PROGRESS_STEPS))
     visual_embedding, visual = _visual(sampled, request, embedder)
+    progress("visual", 4, len(PROGRESS_STEPS))
     t_end = time.perf_counter()
     referenced = {e["tag"] for e in entries}
     components = {
@@ -239,12 +263,10 @@ def degraded_result(reason: str) -> dict:
     }
 
 
-def analyze_clip_safely(
-    request: dict, media_root: Path, engine: FaceEngine, *, embedder=None, max_frames: int = 12
-) -> dict:
-    """analyze_clip that never raises: any exception becomes a degraded result with the reason."""
+def analyze_clip_safely(request: dict, media_root: Path, engine: FaceEngine, **options: Any) -> dict:
+    """analyze_clip (same options) that never raises: any exception becomes a degraded result with the reason."""
     try:
-        return analyze_clip(request, media_root, engine, embedder=embedder, max_frames=max_frames)
+        return analyze_clip(request, media_root, engine, **options)
     except Exception as exc:  # noqa: BLE001 - a failed analysis must never fail the project
         log.warning("analysis of %s degraded: %s", request.get("clip_path"), exc, exc_info=True)
         return degraded_result(f"{type(exc).__name__}: {exc}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from vidpipe_tasks.settings import Settings
 from vidpipe_tasks.similarity import ENGINE_METRICS
@@ -10,7 +11,9 @@ from vidpipe_tasks.similarity import ENGINE_METRICS
 log = logging.getLogger(__name__)
 
 
-def analyze_for_registry(request: dict, settings: Settings) -> dict:
+def analyze_for_registry(
+    request: dict, settings: Settings, progress: Callable[[str, int, int], None] | None = None
+) -> dict:
     """Analyse one clip for the registry; models that cannot load degrade the scene, not the project.
 
     Returns:
@@ -26,9 +29,10 @@ def analyze_for_registry(request: dict, settings: Settings) -> dict:
     except Exception as exc:  # noqa: BLE001 - any model failure degrades the scene (invariant 5)
         log.exception("CV models unavailable (face engine %r)", settings.face_engine)
         return degraded_result(f"CV models unavailable: {type(exc).__name__}: {exc}")
-    result = analyze_clip_safely(
-        request, settings.media_root, models.engine, embedder=models.embedder, max_frames=settings.analysis_max_frames
-    )
+    options = {"embedder": models.embedder, "max_frames": settings.analysis_max_frames}
+    if progress is not None:
+        options["progress"] = progress
+    result = analyze_clip_safely(request, settings.media_root, models.engine, **options)
     result.setdefault("engine", {})
     result["engine"].update(
         models.describe(),

@@ -28,10 +28,13 @@ def analyze_clip(self: PipelineTask, ref: dict) -> dict:
     settings = _settings()
     request = stages.analysis_request(settings, ref)
     # Imported here so CPU workers and the client never load the CV stack.
+    from gpu_worker.analysis import PROGRESS_STEPS
     from gpu_worker.service import analyze_for_registry
 
-    self.progress("analyze", 0, 1)
-    analysis = analyze_for_registry(request, settings)
+    self.progress("analyze", 0, len(PROGRESS_STEPS), step="start")
+    analysis = analyze_for_registry(
+        request, settings, progress=lambda step, done, total: self.progress("analyze", done, total, step=step)
+    )
     outcome = "ok" if analysis["status"] == "ok" else "degraded"
     ids = {"project_id": ref["project_id"], "scene_index": ref["scene_index"]}
     return {**ids, "outcome": outcome, "reason": analysis.get("reason"), "analysis": analysis}

@@ -209,7 +209,10 @@ def test_flower_workers_api_shows_each_worker_with_the_queues_it_consumes(flower
 def test_flower_showed_a_running_analysis_as_progress_with_its_stage(flower_run: FlowerRun) -> None:
     shown = {name: json.loads(result) for name, result in flower_run.seen_in_progress.values()}
     assert CV in shown, f"no analysis seen in PROGRESS: {flower_run.seen_in_progress}"
-    assert shown[CV] == {"stage": "analyze", "done": 0, "total": 1}
+    from gpu_worker.analysis import PROGRESS_STEPS
+
+    assert shown[CV]["stage"] == "analyze" and shown[CV]["total"] == len(PROGRESS_STEPS)
+    assert shown[CV]["step"] in ("start", *PROGRESS_STEPS) and 0 <= shown[CV]["done"] <= len(PROGRESS_STEPS)
 
 
 def test_the_api_refuses_requests_without_valid_credentials(flower_run: FlowerRun) -> None:
@@ -239,9 +242,11 @@ def test_metrics_answer_without_credentials_and_count_each_tasks_events(flower_r
     for name, worker, _ in flower_run.runs.values():
         runs_here = sum(1 for n, w, _ in flower_run.runs.values() if (n, w) == (name, worker))
         assert counts[(worker, "task-succeeded", name)] == runs_here
-    # Both analyses reported progress once each (policy.PipelineTask.progress) and Flower received it.
+    # Each analysis reported its start and every step (policy.PipelineTask.progress) and Flower received them.
+    from gpu_worker.analysis import PROGRESS_STEPS
+
     cv_worker = next(worker for name, worker, _ in flower_run.runs.values() if name == CV)
-    assert counts[(cv_worker, "task-progress", CV)] == 2
+    assert counts[(cv_worker, "task-progress", CV)] == 2 * (1 + len(PROGRESS_STEPS))
 
 
 def test_a_progress_event_shows_as_state_progress_with_its_fields_as_result_until_success() -> None:

@@ -130,3 +130,11 @@ def test_without_an_embedder_visual_continuity_is_recorded_as_missing(rendered, 
     assert result["engine"]["embedder"] is None and result["visual_embedding"] is None
     assert "visual" in result["continuity"]["missing"]
     assert all("image_embedding" not in c for c in result["candidates"])
+
+
+def test_an_analysis_reports_each_step_as_progress_in_order(rendered, engine) -> None:
+    from gpu_worker.analysis import PROGRESS_STEPS
+
+    seen = []
+    analyze_clip(request(), rendered, engine, progress=lambda step, done, total: seen.append((step, done, total)))
+    assert seen == [(step, i, len(PROGRESS_STEPS)) for i, step in enumerate(PROGRESS_STEPS, start=1)]
