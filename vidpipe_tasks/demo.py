@@ -132,3 +132,9 @@ def print_summary(statuses: list[dict]) -> None:
             )
             if sc["degraded_reason"]:
                 print(f"    degraded: {sc['degraded_reason']}")
+    engines = next((sc["engines"] for p in statuses for sc in p["scenes"] if sc.get("engines")), None)
+    if engines:
+        print(
+            f"CV models: face engine {engines['face']} ({engines['choice']}); image embedder "
+            f"{engines['embedder'] or 'none'} ({engines['embedder_choice']}); `vidpipe models status` says more"
+        )

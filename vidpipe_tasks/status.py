@@ -36,6 +36,14 @@ def _task(run: TaskRun) -> dict:
     }
 
 
+def _engines(engine: dict | None) -> dict | None:
+    """Which CV models analysed the scene and why they were chosen (None before analysis)."""
+    if not engine or not engine.get("face"):
+        return None
+    keys = ("face", "choice", "embedder", "embedder_choice")
+    return {k: engine.get(k) for k in keys}
+
+
 def _scene(scene, runs: list[TaskRun]) -> dict:
     sm = scene.scene_manifest
     analysis = (sm.cv_analysis_json if sm else None) or {}
@@ -59,6 +67,7 @@ def _scene(scene, runs: list[TaskRun]) -> dict:
         "continuity_components": continuity.get("components", {}),
         "continuity_missing": continuity.get("missing", []),
         "degraded_reason": sm.degraded_reason if sm else None,
+        "engines": _engines(analysis.get("engine")),
         "registered_at": _iso(sm.registered_at if sm else None),
         "tasks": [_task(r) for r in runs if r.scene_index == scene.scene_index],
     }

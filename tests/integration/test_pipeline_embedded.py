@@ -94,6 +94,7 @@ def test_the_project_without_manifest_sends_nothing_to_the_cv_queue(pipeline_run
     assert not any(r.project_id == market and r.task_name != GEN and r.scene_index for r in runs(pipeline_run))
     status = load_status(pipeline_run.settings, market)
     assert {(sc["stages"]["analysis"], sc["stages"]["registry"]) for sc in status["scenes"]} == {("SKIPPED", "SKIPPED")}
+    assert all(sc["engines"] is None for sc in status["scenes"])
 
 
 def test_the_reference_less_character_is_registered_then_reused_as_reference(pipeline_run: PipelineRun) -> None:
@@ -103,6 +104,9 @@ def test_the_reference_less_character_is_registered_then_reused_as_reference(pip
     with session_scope(pipeline_run.settings.database_url) as s:
         wren = s.scalar(select(Asset).where(Asset.tag == "wren"))
         assert (wren.source, wren.origin_scene_index, wren.character) == (AssetSource.CLIP_EXTRACT, 2, "wren")
+    # Nothing is staged in the test run: auto chose the offline engine and no embedder, and says why.
+    assert {(sc["engines"]["face"], sc["engines"]["embedder"]) for sc in scenes} == {("dlib-offline", None)}
+    assert all(sc["engines"]["choice"].startswith("auto: offline engine") for sc in scenes)
     for later in scenes[2:]:
         assert later["selected_reference_tags"]["wren"] == "wren"
         assert "wren" in later["matched_tags"], later
