@@ -18,13 +18,30 @@ TASK_ROUTES: dict[str, str] = {
     "vidpipe.finalize_project": REGISTRY_QUEUE,
 }
 
-#: Hard time limits per task, seconds; the Redis visibility timeout must stay above the largest.
+#: Default hard time limits per task, seconds (generation and analysis follow settings); the Redis
+#: visibility timeout must stay above the largest.
 TASK_TIME_LIMITS: dict[str, int] = {
     "vidpipe.generate_clip": 900,
     "vidpipe.analyze_clip": 900,
     "vidpipe.register_entities": 120,
     "vidpipe.finalize_project": 60,
 }
+
+
+def task_time_limits(settings: Settings) -> dict[str, tuple[int, int]]:
+    """Task name -> (soft, hard) limits in seconds.
+
+    The soft limit (90 % of the hard one) raises SoftTimeLimitExceeded in the task, so an analysis
+    degrades its scene instead of failing the project. Celery enforces both in prefork children;
+    solo workers (every CV worker) enforce neither, and policy.solo_soft_time_limit stands in for the
+    soft one there.
+    """
+    hard = {
+        **TASK_TIME_LIMITS,
+        "vidpipe.generate_clip": settings.generation_time_limit,
+        "vidpipe.analyze_clip": settings.analysis_time_limit,
+    }
+    return {name: (max(1, int(limit * 0.9)), limit) for name, limit in hard.items()}
 
 
 def redis_visibility_options(settings: Settings) -> dict:
@@ -34,7 +51,7 @@ def redis_visibility_options(settings: Settings) -> dict:
         ValueError: when it would not outlast the longest task time limit (the task would be redelivered
             to a second worker while the first still runs it).
     """
-    longest = max(TASK_TIME_LIMITS.values())
+    longest = max(hard for _, hard in task_time_limits(settings).values())
     if settings.visibility_timeout <= longest:
         raise ValueError(
             f"VIDPIPE_VISIBILITY_TIMEOUT={settings.visibility_timeout} must exceed the longest task time limit "
@@ -64,7 +81,10 @@ def celery_config(settings: Settings) -> dict:
         "task_default_routing_key": REGISTRY_QUEUE,
         "task_create_missing_queues": False,
         "task_routes": {name: {"queue": q, "routing_key": q} for name, q in TASK_ROUTES.items()},
-        "task_annotations": {name: {"time_limit": limit} for name, limit in TASK_TIME_LIMITS.items()},
+        "task_annotations": {
+            name: {"time_limit": hard, "soft_time_limit": soft}
+            for name, (soft, hard) in task_time_limits(settings).items()
+        },
         # Every task is idempotent (side effects keyed on project, scene and stage), so late acks are safe.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

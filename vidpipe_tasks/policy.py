@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from billiard.process import current_process
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from sqlalchemy import select
 
 from vidpipe_tasks.db.models import TaskRun
@@ -20,6 +25,33 @@ log = logging.getLogger(__name__)
 def _ids(args: tuple) -> tuple[int | None, int | None]:
     payload = args[0] if args and isinstance(args[0], dict) else {}
     return payload.get("project_id"), payload.get("scene_index")
+
+
+@contextmanager
+def solo_soft_time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise SoftTimeLimitExceeded in the task after `seconds`, where Celery enforces no limit itself.
+
+    The solo pool (every CV worker: one process owns the GPU and its models) runs tasks on the worker's
+    main thread and ignores time limits. There a SIGALRM timer stands in for the soft limit: the
+    exception surfaces at the next Python instruction, so an analysis degrades instead of holding its
+    GPU until the visibility timeout. Prefork children ("ForkPoolWorker-N") and thread pools keep
+    Celery's own enforcement and are left alone. A native call that never returns is not interrupted.
+    """
+    solo = threading.current_thread() is threading.main_thread() and current_process().name == "MainProcess"
+    if not seconds or not solo:
+        yield
+        return
+
+    def expired(signum: int, frame: object) -> None:
+        raise SoftTimeLimitExceeded(f"soft time limit ({seconds:g} s) exceeded")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class PipelineTask(Task):
@@ -43,7 +75,8 @@ class PipelineTask(Task):
             return super().__call__(*args, **kwargs)
         self._record_start(task_id, args)
         try:
-            result = super().__call__(*args, **kwargs)
+            with solo_soft_time_limit(self.soft_time_limit):
+                result = super().__call__(*args, **kwargs)
         except ProjectCancelled as exc:
             self._record_finish(task_id, "cancelled", str(exc))
             # Ignore ends this task without failing it and without sending the rest of the chain.

@@ -64,6 +64,10 @@ class Settings:
     analysis_max_frames: int = 12
     #: Keep consumed broker messages in broker/processed (tests use it to audit routing).
     store_processed: bool = False
+    #: Hard time limits of the two long tasks, seconds (the others are fixed in celery_app); each task
+    #: first gets a soft limit at 90 % of it. Raise them for long or high-resolution scenes.
+    generation_time_limit: int = 900
+    analysis_time_limit: int = 900
     #: Redis visibility timeout, seconds: set on the broker, the result backend and the app, and kept
     #: above every task's time limit so a long analysis is never redelivered while it runs.
     visibility_timeout: int = 3600
@@ -78,7 +82,14 @@ class Settings:
                 raise ValueError(
                     f"VIDPIPE_{field_name.upper()}={getattr(self, field_name)!r}: choose one of {list(allowed)}"
                 )
-        for field_name in ("detect_batch", "embed_batch", "analysis_max_frames", "visibility_timeout"):
+        for field_name in (
+            "detect_batch",
+            "embed_batch",
+            "analysis_max_frames",
+            "visibility_timeout",
+            "generation_time_limit",
+            "analysis_time_limit",
+        ):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"VIDPIPE_{field_name.upper()} must be at least 1")
 

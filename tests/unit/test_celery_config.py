@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 from vidpipe_tasks.celery_app import TASK_ROUTES, TASK_TIME_LIMITS, celery_config, create_app
 from vidpipe_tasks.settings import ALL_QUEUES, CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, load_settings
 from vidpipe_tasks.workflow import build_chain
@@ -64,3 +68,13 @@ def test_a_project_without_manifest_never_queues_analysis(tmp_path) -> None:
     sig = build_chain(app_for(tmp_path), 3, [1, 2, 3], with_analysis=False)
     assert "vidpipe.analyze_clip" not in task_names(sig)
     assert task_names(sig).count("vidpipe.generate_clip") == 3
+
+
+def test_generation_and_analysis_limits_follow_settings_with_a_soft_limit_first(tmp_path) -> None:
+    settings = replace(load_settings({"VIDPIPE_HOME": str(tmp_path)}), analysis_time_limit=1200)
+    annotations = celery_config(settings)["task_annotations"]
+    assert annotations["vidpipe.analyze_clip"] == {"time_limit": 1200, "soft_time_limit": 1080}
+    assert annotations["vidpipe.register_entities"]["time_limit"] == TASK_TIME_LIMITS["vidpipe.register_entities"]
+    on_redis = replace(settings, broker_url="redis://127.0.0.1:6379/0", visibility_timeout=1000)
+    with pytest.raises(ValueError, match="must exceed the longest task time limit"):
+        celery_config(on_redis)

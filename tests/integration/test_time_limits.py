@@ -1,0 +1,44 @@
+"""Time limits on solo CV workers: an analysis past its soft limit degrades its scene; the project goes on."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from tests.conftest import make_settings
+from tests.helpers import wait_projects_finished
+from tests.integration.conftest import example_path
+from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.db.models import Project, Scene, TaskRun
+from vidpipe_tasks.db.session import session_scope
+from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE
+from vidpipe_tasks.storyboard import load_storyboard
+from vidpipe_tasks.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
+from vidpipe_tasks.workflow import create_project, enqueue_project
+
+
+def test_an_analysis_over_its_soft_limit_on_a_solo_worker_degrades_the_scene_and_the_project_completes(
+    tmp_path,
+) -> None:
+    # 2 s hard limit, 1 s soft: 48 sampled frames of dlib analysis take several seconds on any CPU.
+    settings = make_settings(tmp_path / "work", analysis_time_limit=2, analysis_max_frames=48)
+    board = example_path("lighthouse.yaml")
+    project = create_project(settings, board, load_storyboard(board))
+    logs = settings.home / "logs"
+    workers = [
+        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
+        start_cv_launcher(settings, logs),
+    ]
+    try:
+        wait_ready(workers)
+        enqueue_project(create_app(settings), settings, project)
+        wait_projects_finished(settings, [project], workers)
+    finally:
+        stop_workers(workers)
+    with session_scope(settings.database_url) as s:
+        assert s.get(Project, project).status.value == "COMPLETED"
+        scenes = list(s.scalars(select(Scene).where(Scene.project_id == project).order_by(Scene.scene_index)))
+        assert all(sc.analysis_status.value == "DEGRADED" for sc in scenes)
+        assert all("SoftTimeLimitExceeded" in sc.scene_manifest.degraded_reason for sc in scenes)
+        analyses = list(s.scalars(select(TaskRun).where(TaskRun.task_name == "vidpipe.analyze_clip")))
+        assert len(analyses) == 4 and all(r.worker.startswith("cv-cpu0@") for r in analyses)
+        assert all(r.outcome == "degraded" for r in analyses)
