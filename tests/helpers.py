@@ -65,3 +65,30 @@ def wait_projects_finished(
         time.sleep(0.5)
     logs = "\n".join(w.logfile.read_text(errors="replace")[-3000:] for w in workers)
     pytest.fail(f"projects not finished after {timeout:.0f}s: {states}\n{logs}")
+
+
+def run_projects_to_the_end(settings: Settings, ids: list[int], *, timeout: float = 420) -> Path:
+    """Run projects on a gen+registry worker and the CV launcher (one CPU process) until they end.
+
+    Returns:
+        The folder of the workers' logs.
+    """
+    from vidpipe_tasks.celery_app import create_app
+    from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE
+    from vidpipe_tasks.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
+    from vidpipe_tasks.workflow import enqueue_project
+
+    logs = settings.home / "logs"
+    workers = [
+        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
+        start_cv_launcher(settings, logs),
+    ]
+    try:
+        wait_ready(workers)
+        app = create_app(settings)
+        for project_id in ids:
+            enqueue_project(app, settings, project_id)
+        wait_projects_finished(settings, ids, workers, timeout)
+    finally:
+        stop_workers(workers)
+    return logs

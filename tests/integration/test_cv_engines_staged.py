@@ -7,16 +7,13 @@ from dataclasses import replace
 from sqlalchemy import select
 
 from tests.conftest import DATA, make_settings
-from tests.helpers import wait_projects_finished
+from tests.helpers import run_projects_to_the_end
 from tests.tiny_clip import write_tiny_clip
 from tests.tiny_models import build_tiny_pack
-from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import Asset, AssetSource, Scene, SceneManifest
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
-from vidpipe_tasks.workflow import create_project, enqueue_project
+from vidpipe_tasks.workflow import create_project
 
 
 def test_auto_uses_the_staged_tiny_models_end_to_end_and_records_visual_continuity(tmp_path) -> None:
@@ -26,17 +23,7 @@ def test_auto_uses_the_staged_tiny_models_end_to_end_and_records_visual_continui
     settings = replace(base, clip_model=name, clip_weights=str(weights))
     board = DATA / "staged_models.yaml"
     project = create_project(settings, board, load_storyboard(board))
-    logs = settings.home / "logs"
-    workers = [
-        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
-        start_cv_launcher(settings, logs),
-    ]
-    try:
-        wait_ready(workers)
-        enqueue_project(create_app(settings), settings, project)
-        wait_projects_finished(settings, [project], workers)
-    finally:
-        stop_workers(workers)
+    logs = run_projects_to_the_end(settings, [project])
     cv_log = (logs / "cv-cpu0.log").read_text()
     assert "face engine insightface (auto: insightface pack found" in cv_log
     assert f"image embedder open_clip:{name}" in cv_log

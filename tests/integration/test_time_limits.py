@@ -5,15 +5,12 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.helpers import wait_projects_finished
+from tests.helpers import run_projects_to_the_end
 from tests.integration.conftest import example_path
-from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import Project, Scene, TaskRun
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
-from vidpipe_tasks.workflow import create_project, enqueue_project
+from vidpipe_tasks.workflow import create_project
 
 
 def test_an_analysis_over_its_soft_limit_on_a_solo_worker_degrades_the_scene_and_the_project_completes(
@@ -23,17 +20,7 @@ def test_an_analysis_over_its_soft_limit_on_a_solo_worker_degrades_the_scene_and
     settings = make_settings(tmp_path / "work", analysis_time_limit=2, analysis_max_frames=48)
     board = example_path("lighthouse.yaml")
     project = create_project(settings, board, load_storyboard(board))
-    logs = settings.home / "logs"
-    workers = [
-        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
-        start_cv_launcher(settings, logs),
-    ]
-    try:
-        wait_ready(workers)
-        enqueue_project(create_app(settings), settings, project)
-        wait_projects_finished(settings, [project], workers)
-    finally:
-        stop_workers(workers)
+    run_projects_to_the_end(settings, [project])
     with session_scope(settings.database_url) as s:
         assert s.get(Project, project).status.value == "COMPLETED"
         scenes = list(s.scalars(select(Scene).where(Scene.project_id == project).order_by(Scene.scene_index)))
