@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from gpu_worker.launcher import Launcher, discover_gpus, plan_slots
-from vidpipe_tasks.db.migrate import SchemaNotReady, prepare_installation
+from vidpipe_tasks.db.migrate import prepare_installation
+from vidpipe_tasks.errors import SchemaNotReady
 from vidpipe_tasks.settings import load_settings
 
 

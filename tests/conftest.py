@@ -47,7 +47,7 @@ def _service_or_skip(start, workdir: Path, what: str):
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):
-    """A redis-server for the whole test session on a free loopback port (use a distinct db per test)."""
+    """A redis-server for the whole test session on a free loopback port (databases via `redis_db_pair`)."""
     from tests.servers import start_redis
 
     server = _service_or_skip(start_redis, tmp_path_factory.mktemp("redis"), "redis-server")
@@ -68,17 +68,19 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory):
 _REDIS_DBS = iter(range(1, 16))
 
 
-@pytest.fixture
-def production_settings(tmp_path: Path, redis_server, postgres_server, request) -> Settings:
-    """Settings on the session's Redis (a fresh broker db + result db) and a fresh PostgreSQL database."""
-    import re
+def redis_db_pair() -> tuple[int, int]:
+    """A broker db and a result db of the session's Redis that no other module uses (16 databases in all)."""
+    return next(_REDIS_DBS), next(_REDIS_DBS)
 
-    broker_db, result_db = next(_REDIS_DBS), next(_REDIS_DBS)
-    name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:50]
-    database_url = postgres_server.create_database(f"t_{name}_{broker_db}")
+
+def production_settings(
+    home: Path, redis_server, postgres_server, database: str, dbs: tuple[int, int] | None = None
+) -> Settings:
+    """Settings on the session's Redis (broker and result databases) and a new, migrated PostgreSQL database."""
+    broker_db, result_db = dbs or redis_db_pair()
     return make_settings(
-        tmp_path / "work",
+        home,
         broker_url=redis_server.url(broker_db),
         result_backend=redis_server.url(result_db),
-        database_url=database_url,
+        database_url=postgres_server.create_database(database),
     )

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from vidpipe_tasks.db.migrate import SchemaNotReady
+from vidpipe_tasks.errors import SchemaNotReady
 from vidpipe_tasks.inputs import priority_arg
 from vidpipe_tasks.settings import ALL_QUEUES, load_settings, prepare_folders
 from vidpipe_tasks.storyboard import StoryboardError

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import _REDIS_DBS, DATA, make_settings
+from tests.conftest import DATA, make_settings, production_settings
 from tests.helpers import wait_until
 from tests.servers import free_port
 from vidpipe_tasks.celery_app import create_app
@@ -113,13 +113,8 @@ def flower_workers_alive(base: str) -> bool:
 @pytest.fixture(scope="module")
 def flower_run(tmp_path_factory: pytest.TempPathFactory, redis_server, postgres_server) -> Iterator[FlowerRun]:
     """Flower first, then a gen+registry worker and the CV launcher; one two-scene manifest project."""
-    broker_db, result_db = next(_REDIS_DBS), next(_REDIS_DBS)
-    settings = make_settings(
-        tmp_path_factory.mktemp("flower") / "work",
-        broker_url=redis_server.url(broker_db),
-        result_backend=redis_server.url(result_db),
-        database_url=postgres_server.create_database(f"t_flower_{broker_db}"),
-    )
+    home = tmp_path_factory.mktemp("flower") / "work"
+    settings = production_settings(home, redis_server, postgres_server, "t_flower")
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     port = free_port()

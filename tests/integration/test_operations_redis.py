@@ -14,7 +14,7 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from tests.conftest import _REDIS_DBS, DATA, make_settings
+from tests.conftest import DATA, production_settings, redis_db_pair
 from tests.helpers import run_vidpipe as vidpipe
 from tests.helpers import wait_until
 from vidpipe_tasks.celery_app import create_app
@@ -33,7 +33,7 @@ SEP = "\x06\x16"  # kombu's separator between a queue name and its priority step
 def redis_dbs(redis_server) -> tuple[int, int]:
     """One broker db and one result db for this module (flushed before each test), so that the session's 15
     Redis databases stay available to other modules."""
-    return next(_REDIS_DBS), next(_REDIS_DBS)
+    return redis_db_pair()
 
 
 @pytest.fixture
@@ -42,12 +42,7 @@ def ops(tmp_path: Path, redis_server, postgres_server, redis_dbs, request) -> Se
     for db in redis_dbs:
         redis.Redis.from_url(redis_server.url(db)).flushdb()
     name = re.sub(r"[^a-z0-9_]", "_", request.node.name.lower())[:50]
-    return make_settings(
-        tmp_path / "work",
-        broker_url=redis_server.url(redis_dbs[0]),
-        result_backend=redis_server.url(redis_dbs[1]),
-        database_url=postgres_server.create_database(f"ops_{name}"),
-    )
+    return production_settings(tmp_path / "work", redis_server, postgres_server, f"ops_{name}", redis_dbs)
 
 
 def submit(settings: Settings, *args: str) -> list[int]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import _REDIS_DBS, DATA, make_settings
+from tests.conftest import DATA, production_settings
 from tests.helpers import wait_projects_finished
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.db.models import Asset, AssetAppearance, AssetSource, Clip, Manifest, Project, Scene, TaskRun
@@ -46,13 +46,8 @@ class SharedRun:
 @pytest.fixture(scope="module")
 def shared_run(tmp_path_factory: pytest.TempPathFactory, redis_server, postgres_server) -> Iterator[SharedRun]:
     """Two solo gen+registry workers and two CV processes (the launcher); four projects queued back to back."""
-    broker_db, result_db = next(_REDIS_DBS), next(_REDIS_DBS)
-    settings = make_settings(
-        tmp_path_factory.mktemp("shared") / "work",
-        broker_url=redis_server.url(broker_db),
-        result_backend=redis_server.url(result_db),
-        database_url=postgres_server.create_database(f"t_shared_manifest_{broker_db}"),
-    )
+    home = tmp_path_factory.mktemp("shared") / "work"
+    settings = production_settings(home, redis_server, postgres_server, "t_shared_manifest")
     projects = [create_project(settings, path, load_storyboard(path)) for path in STORYBOARDS]
     logs = settings.home / "logs"
     launcher = start_cv_launcher(settings, logs, processes=2)

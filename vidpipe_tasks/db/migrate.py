@@ -7,6 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from vidpipe_tasks.errors import SchemaNotReady
 from vidpipe_tasks.settings import Settings, prepare_folders
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -23,10 +24,6 @@ def alembic_config(database_url: str) -> Config:
 def upgrade_database(database_url: str) -> None:
     """Bring the database at `database_url` to the newest schema (idempotent)."""
     command.upgrade(alembic_config(database_url), "head")
-
-
-class SchemaNotReady(RuntimeError):
-    """The database is not at the schema this code expects; `vidpipe db upgrade` fixes it."""
 
 
 def current_revision(database_url: str) -> str | None:
