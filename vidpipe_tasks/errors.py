@@ -32,3 +32,18 @@ class PermanentStageError(RuntimeError):
         super().__init__(message)
         self.reason = reason
         self.detail = detail or {}
+
+
+class JobPending(RuntimeError):
+    """A remote job is still running: come back in `poll_after` seconds without holding a worker slot.
+
+    Raised by a stage that polls a provider job it already stored; `PipelineTask` turns it into a Celery
+    retry with that countdown (the rest of the chain travels with the retried message and waits for it).
+    Polling is not an attempt: it never counts against the retry or poison-scene caps. `progress` is an
+    optional dict reported as the task's progress (e.g. {"done": 40, "total": 100, "state": "running"}).
+    """
+
+    def __init__(self, message: str, poll_after: float, progress: dict | None = None) -> None:
+        super().__init__(message)
+        self.poll_after = poll_after
+        self.progress = progress or {}
