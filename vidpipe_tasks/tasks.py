@@ -27,6 +27,9 @@ def analyze_clip(self: PipelineTask, ref: dict) -> dict:
     """Analyse a clip on a CV worker; any failure becomes a degraded result so the chain goes on."""
     settings = _settings()
     request = stages.analysis_request(settings, ref)
+    ids = {"project_id": ref["project_id"], "scene_index": ref["scene_index"]}
+    if request is None:  # already registered: register_entities will return the stored summary
+        return {**ids, "outcome": "ok", "reason": None, "analysis": {"status": "ok", "duplicate": True}}
     # Imported here so CPU workers and the client never load the CV stack.
     from gpu_worker.analysis import PROGRESS_STEPS
     from gpu_worker.service import analyze_for_registry
@@ -36,7 +39,6 @@ def analyze_clip(self: PipelineTask, ref: dict) -> dict:
         request, settings, progress=lambda step, done, total: self.progress("analyze", done, total, step=step)
     )
     outcome = "ok" if analysis["status"] == "ok" else "degraded"
-    ids = {"project_id": ref["project_id"], "scene_index": ref["scene_index"]}
     return {**ids, "outcome": outcome, "reason": analysis.get("reason"), "analysis": analysis}
 
 
@@ -50,3 +52,11 @@ def register_entities(self: PipelineTask, payload: dict) -> dict:
 def finalize_project(self: PipelineTask, ref: dict) -> dict:
     """Mark the project completed after its last scene."""
     return stages.finalize_project(_settings(), int(ref["project_id"]))
+
+
+@app.task(base=PipelineTask, bind=True, name="vidpipe.recover_stalled")
+def recover_stalled(self: PipelineTask) -> dict:
+    """Beat's sweep: resume projects whose chain was lost (nothing running, nothing queued, not finished)."""
+    from vidpipe_tasks.recovery import sweep
+
+    return sweep(self.app, _settings()).as_dict()
