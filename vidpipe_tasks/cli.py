@@ -1,4 +1,4 @@
-"""The `vidpipe` command: demo, submit, worker, status, wait, resume, cancel, queues, models, flower, db."""
+"""The `vidpipe` command: demo, submit, worker, beat, status, wait, resume, cancel, queues, models, flower, db."""
 
 from __future__ import annotations
 
@@ -71,6 +71,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
         embedded=settings.is_filesystem_broker,
         disable_prefetch=args.disable_prefetch,
     )
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    prepare_folders(settings)
+    from vidpipe_tasks.workers import beat_argv
+
+    argv = beat_argv(settings, loglevel=args.loglevel)
     os.execv(argv[0], argv)
     return 0  # not reached
 
@@ -243,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--disable-prefetch", action="store_true", help="take a task only when a slot is free (Redis; autoscaling)"
     )
     worker.set_defaults(func=cmd_worker)
+
+    beat = sub.add_parser(
+        "beat", help="run Celery beat: the sweep that resumes lost chains (exactly one per installation)"
+    )
+    beat.add_argument("--loglevel", "-l", default="info")
+    beat.set_defaults(func=cmd_beat)
 
     status = sub.add_parser("status", help="a table of projects, or one project's scenes, tasks and scores")
     status.add_argument("projects", type=int, nargs="*", metavar="PROJECT", help="one: detailed view; none: all")
