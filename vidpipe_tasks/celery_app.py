@@ -74,7 +74,7 @@ def outage_retry_options(settings: Settings) -> dict:
     for `transient_retry_window` seconds, polling every few seconds.
     """
     interval_max = 2.0
-    retries = math.ceil(settings.transient_retry_window / interval_max) + 2
+    retries = math.ceil(settings.transient_retry_window / interval_max) + 5  # +5: the ramp up to interval_max
     return {
         "task_publish_retry": True,
         "task_publish_retry_policy": {

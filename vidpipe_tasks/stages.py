@@ -274,10 +274,14 @@ _STAGE_OF_TASK = {
 
 
 def mark_failed(settings: Settings, project_id: int, scene_index: int | None, task_name: str, reason: str) -> None:
-    """Record that a task failed for good: its scene stage and the project become FAILED (cancelled stays)."""
+    """Record that a task failed for good: its scene stage and the project become FAILED (cancelled stays).
+
+    The first failure's reason is kept: a project already FAILED is left as it is.
+    """
     with session_scope(settings.database_url) as s:
         project = s.get(Project, project_id)
-        if project is None or project.status in (ProjectStatus.CANCELLED, ProjectStatus.COMPLETED):
+        ended = (ProjectStatus.CANCELLED, ProjectStatus.COMPLETED, ProjectStatus.FAILED)
+        if project is None or project.status in ended:
             return
         log.error("project %s failed in %s (scene %s): %s", project_id, task_name, scene_index, reason)
         project.status, project.finished_at = ProjectStatus.FAILED, datetime.now(UTC)
