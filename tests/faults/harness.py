@@ -64,17 +64,20 @@ def write_workload(folder: Path, projects: int, scenes: int) -> list[Path]:
 def fault_settings(home: Path, redis: RedisServer, postgres: PostgresServer, **overrides: object) -> Settings:
     """Redis + PostgreSQL settings for the fault runs: small clips, no image embedder, short leases."""
     database = f"chaos_{os.getpid()}_{free_port()}"
+    chosen = {
+        "embedder": "none",
+        "analysis_max_frames": 4,
+        "generation_time_limit": 120,
+        "analysis_time_limit": 120,
+        "visibility_timeout": 200,
+        **overrides,
+    }
     settings = replace(
         load_settings({"VIDPIPE_HOME": str(home)}),
         broker_url=redis.url(0),
         result_backend=redis.url(1),
         database_url=postgres.create_database(database),
-        embedder="none",
-        analysis_max_frames=4,
-        generation_time_limit=120,
-        analysis_time_limit=120,
-        visibility_timeout=200,
-        **overrides,
+        **chosen,
     )
     prepare_installation(settings, migrate=True)
     return settings
