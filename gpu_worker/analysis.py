@@ -16,6 +16,7 @@ from gpu_worker.clustering import FaceCluster, best_face, cluster_faces, face_qu
 from gpu_worker.faces.base import DetectedFace, FaceEngine
 from gpu_worker.frames import sample_frames
 from vidpipe_tasks import media
+from vidpipe_tasks.transient import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +266,15 @@ def degraded_result(reason: str) -> dict:
 
 
 def analyze_clip_safely(request: dict, media_root: Path, engine: FaceEngine, **options: Any) -> dict:
-    """analyze_clip (same options) that never raises: any exception becomes a degraded result with the reason."""
+    """analyze_clip (same options) whose failures become a degraded result with the reason.
+
+    An infrastructure error (broker, result backend, database) is raised instead: it says nothing about the
+    media or the model, and the task policy retries it; recorded as degraded it would be permanent.
+    """
     try:
         return analyze_clip(request, media_root, engine, **options)
     except Exception as exc:  # noqa: BLE001 - a failed analysis must never fail the project
+        if is_transient(exc):
+            raise
         log.warning("analysis of %s degraded: %s", request.get("clip_path"), exc, exc_info=True)
         return degraded_result(f"{type(exc).__name__}: {exc}")
