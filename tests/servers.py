@@ -117,6 +117,8 @@ class PostgresServer:
     datadir: Path
     bindir: Path
     run_as: list[str]
+    #: The postmaster options it was started with (port, socket folder), for a restart.
+    options: str = ""
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
@@ -134,20 +136,20 @@ class PostgresServer:
             conn.close()
         return self.url(name)
 
-    def restart(self) -> float:
-        """A fast restart (`pg_ctl restart -m fast`: connections are cut); returns the seconds it took."""
+    def restart(self, down_s: float = 0.0) -> float:
+        """Stop fast (connections are cut mid-query), stay down `down_s`, start again; returns seconds down."""
         started = time.monotonic()
         pg_ctl = [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w"]
-        done = subprocess.run([*pg_ctl, "-m", "fast", "restart", "-l", str(self.datadir.parent / "pg.log")],
-                              capture_output=True, text=True)  # fmt: skip
+        subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, check=False)
+        time.sleep(down_s)
         for _ in range(3):  # a start that lost a race with the old postmaster's exit: start again
+            done = subprocess.run([*pg_ctl, "-o", self.options, "start", "-l", str(self.datadir.parent / "pg.log")],
+                                  capture_output=True, text=True)  # fmt: skip
             if done.returncode == 0:
                 break
             time.sleep(1)
-            done = subprocess.run([*pg_ctl, "start", "-l", str(self.datadir.parent / "pg.log")],
-                                  capture_output=True, text=True)  # fmt: skip
         if done.returncode != 0:
-            raise RuntimeError(f"pg_ctl restart failed: {done.stdout} {done.stderr}")
+            raise RuntimeError(f"pg_ctl start failed: {done.stdout} {done.stderr}")
         _wait_port(self.port, 30, "postgres")
         return time.monotonic() - started
 
@@ -187,4 +189,4 @@ def start_postgres(workdir: Path) -> PostgresServer:
         capture_output=True,
     )
     _wait_port(port, 30, "postgres")
-    return PostgresServer(port, datadir, bindir, run_as)
+    return PostgresServer(port, datadir, bindir, run_as, options)

@@ -263,8 +263,9 @@ def restart_redis(sig: int) -> Callable[[Cluster, random.Random], Fault | None]:
 
 
 def restart_postgres(cluster: Cluster, rng: random.Random) -> Fault | None:
-    took = cluster.postgres.restart()
-    return Fault(_now(), f"postgres fast restart, {took:.1f} s")
+    """A fast shutdown (sessions are cut mid-query), down for 2-6 s, then up again."""
+    took = cluster.postgres.restart(down_s=rng.uniform(2.0, 6.0))
+    return Fault(_now(), f"postgres fast restart, down {took:.1f} s")
 
 
 # --- checker ------------------------------------------------------------------------------------------------
