@@ -24,6 +24,8 @@ from tests.faults.harness import (
     write_workload,
 )
 
+pytestmark = pytest.mark.faults
+
 PROJECTS, SCENES = 12, 3
 RUN_TIMEOUT_S = 300
 
