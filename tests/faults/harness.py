@@ -187,6 +187,7 @@ class Nemesis:
     seed: int = 1
     faults: list[Fault] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
 
     def run(self, cluster: Cluster) -> threading.Thread:
         rng = random.Random(self.seed)
@@ -197,12 +198,15 @@ class Nemesis:
                 if fault is not None:
                     self.faults.append(fault)
 
-        thread = threading.Thread(target=loop, name="nemesis", daemon=True)
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=loop, name="nemesis", daemon=True)
+        self._thread.start()
+        return self._thread
 
     def stop(self) -> None:
+        """Strike no more, and wait for a fault in progress (a server restarting) to finish."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(120)
 
 
 def _now() -> datetime:
