@@ -161,6 +161,10 @@ def celery_config(settings: Settings) -> dict:
 
 def create_app(settings: Settings) -> Celery:
     """Build the Celery app for `settings` and register vidpipe's tasks on it."""
+    if settings.is_filesystem_broker:
+        from vidpipe_tasks.fsbroker import install
+
+        install()  # atomic message files for the embedded broker
     app = Celery("vidpipe")
     app.config_from_object(celery_config(settings))
     app.vidpipe_settings = settings
