@@ -69,7 +69,7 @@ def fault_settings(home: Path, redis: RedisServer, postgres: PostgresServer, **o
         "analysis_max_frames": 4,
         "generation_time_limit": 120,
         "analysis_time_limit": 120,
-        "visibility_timeout": 200,
+        "visibility_timeout": 3600,  # the default: recovery must not lean on Redis redelivering
         **overrides,
     }
     settings = replace(
