@@ -35,7 +35,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from vidpipe_tasks.db.migrate import prepare_installation
     from vidpipe_tasks.inputs import load_inputs
 
-    inputs = load_inputs(args.inputs)  # every storyboard is valid before the database is touched
+    inputs = load_inputs(args.inputs, settings.input_limits)  # every storyboard is valid before the database is touched
     if args.priority is not None and not settings.is_redis_broker:
         print("warning: only the Redis broker has priorities; --priority is ignored here", file=sys.stderr)
     prepare_installation(settings)
