@@ -40,15 +40,37 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print("warning: only the Redis broker has priorities; --priority is ignored here", file=sys.stderr)
     prepare_installation(settings)
     from vidpipe_tasks.celery_app import app
-    from vidpipe_tasks.workflow import submit_inputs
+    from vidpipe_tasks.storing import BatchNotStored
+    from vidpipe_tasks.workflow import QueueingFailed, submit_inputs
 
-    ids = submit_inputs(app, settings, inputs, priority=args.priority)
+    try:
+        ids = submit_inputs(app, settings, inputs, priority=args.priority)
+    except BatchNotStored as exc:
+        print(f"vidpipe submit: {exc}", file=sys.stderr)
+        return 1
+    except QueueingFailed as exc:
+        _print_submitted(args, inputs, exc.ids, set(exc.queued))
+        print(
+            "stored but not queued (left PENDING: automatic recovery queues them, or `vidpipe resume ID` now):",
+            file=sys.stderr,
+        )
+        for project_id, reason in exc.failed:
+            print(f"  project {project_id}: {reason}", file=sys.stderr)
+        return 1
+    _print_submitted(args, inputs, ids, set(ids))
+    return 0
+
+
+def _print_submitted(args: argparse.Namespace, inputs: list, ids: list[int], queued: set[int]) -> None:
+    by_id = dict(zip(ids, inputs, strict=True))
     if args.json:
-        rows = [{"project_id": i, "source": s.source, "title": s.board.title} for i, s in zip(ids, inputs, strict=True)]
+        rows = [
+            {"project_id": i, "source": s.source, "title": s.board.title, "queued": i in queued}
+            for i, s in by_id.items()
+        ]
         print(json.dumps({"priority": args.priority, "projects": rows}, indent=2))
     else:
-        print("\n".join(str(i) for i in ids))
-    return 0
+        print("\n".join(str(i) for i in by_id if i in queued))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
