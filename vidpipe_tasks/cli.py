@@ -1,4 +1,4 @@
-"""The `vidpipe` command: demo, submit, worker, status, wait, resume, cancel, queues, models, flower, db."""
+"""The `vidpipe` command: demo, submit, worker, status, wait, resume, cancel, queues, assets, models, flower, db."""
 
 from __future__ import annotations
 
@@ -213,6 +213,29 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assets(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from vidpipe_tasks.assets import AssetInUse, list_assets, remove_asset, render_assets
+
+    if args.action == "list":
+        rows = list_assets(settings, args.manifest)
+        if args.problems:
+            rows = [r for r in rows if r["problem"]]
+        print(json.dumps(rows, indent=2) if args.json else render_assets(rows))
+        return 0
+    if not args.assets:
+        print("vidpipe assets remove: name the asset id(s) to remove", file=sys.stderr)
+        return 2
+    code = 0
+    for asset_id in args.assets:
+        try:
+            print(remove_asset(settings, asset_id, force=args.force))
+        except (LookupError, AssetInUse) as exc:
+            print(str(exc), file=sys.stderr)
+            code = 1
+    return code
+
+
 def cmd_flower(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from vidpipe_tasks.flower import FlowerRefused, flower_config, run_flower
@@ -307,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--config", help="stage: open_clip model config JSON for a custom architecture")
     models.add_argument("--sha256", action="append", help="expected checksum of each source (required)")
     models.set_defaults(func=cmd_models)
+
+    assets = sub.add_parser("assets", help="list registry assets (with problems found) or remove a bad one")
+    assets.add_argument("action", choices=["list", "remove"])
+    assets.add_argument("assets", type=int, nargs="*", metavar="ASSET", help="remove: asset ids")
+    assets.add_argument("--manifest", help="list: only this manifest's assets")
+    assets.add_argument("--problems", action="store_true", help="list: only assets with a problem")
+    assets.add_argument("--json", action="store_true", help="list: machine-readable")
+    assets.add_argument("--force", action="store_true", help="remove: also an asset with appearances")
+    assets.set_defaults(func=cmd_assets)
 
     from vidpipe_tasks.flower import add_flower_arguments  # light: Flower itself is imported only to run it
 

@@ -47,3 +47,12 @@ class JobPending(RuntimeError):
         super().__init__(message)
         self.poll_after = poll_after
         self.progress = progress or {}
+
+
+class MessageIgnored(ProjectCancelled):
+    """A task message for a scene in the wrong state (e.g. analysis of a scene with no clip): it is dropped.
+
+    A subclass of ProjectCancelled so that `PipelineTask` ends the task the same way (Celery's Ignore: no
+    failure, the project is not marked FAILED, no later task of that message's chain is sent). A chain the
+    system built never sends such a message; a crafted or stale one must not fail the project.
+    """
