@@ -22,6 +22,8 @@ from vidpipe_tasks.storyboard import (
 STORYBOARD_SUFFIXES = (".yaml", ".yml", ".json")
 #: A batch file: one storyboard (a JSON object) per line.
 JSONL_SUFFIX = ".jsonl"
+#: Longest source (path, or "path:line") a project records.
+MAX_SOURCE_CHARS = 1000
 #: `--priority` range: the message priorities kombu's Redis transport understands.
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 
@@ -114,7 +116,12 @@ def batch_problems(inputs: Sequence[StoryboardInput], limits: InputLimits) -> li
     if not inputs:
         return []
     where = str(inputs[0].path)
-    problems = []
+    # The project records its source; the column holds MAX_SOURCE_CHARS.
+    problems = [
+        (printable(i.source, 4 * MAX_SOURCE_CHARS), "(file)", f"path longer than {MAX_SOURCE_CHARS} characters")
+        for i in inputs
+        if len(i.source) > MAX_SOURCE_CHARS
+    ]
     if len(inputs) > limits.max_batch_projects:
         problems.append(
             (

@@ -120,13 +120,15 @@ def parse_json(text: str, max_depth: int) -> object:
 def parse_yaml(text: str, max_depth: int) -> object:
     """One YAML document with duplicate keys and aliases refused and nesting bounded."""
     loader_class = type("_Loader", (_StrictYamlLoader,), {"max_depth": max_depth})
-    loader = loader_class(text)
+    loader = None
     try:
+        loader = loader_class(text)  # the reader refuses some characters already here
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         raise InputFileError(f"not valid YAML: {_yaml_reason(exc)}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _yaml_reason(exc: yaml.YAMLError) -> str:

@@ -240,3 +240,12 @@ def test_load_storyboard_applies_the_same_limits(tmp_path: Path) -> None:
     path.write_text("title: a\ntitle: b\nscenes: [{description: d}]\n")
     with pytest.raises(StoryboardError, match="duplicate key"):
         load_storyboard(path)
+
+
+def test_a_path_longer_than_the_stored_source_column_is_refused(tmp_path: Path) -> None:
+    deep = tmp_path
+    while len(str(deep)) < 1000:
+        deep = deep / ("x" * 200)
+    deep.mkdir(parents=True)
+    path = write_json(deep / "board.json", GOOD)
+    assert problems(path) == [(str(path), "(file)", "path longer than 1000 characters")]
