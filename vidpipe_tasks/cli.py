@@ -119,6 +119,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    prepare_folders(settings)  # a project stored while another broker was configured has none yet
+    from kombu.exceptions import OperationalError
+
     from vidpipe_tasks.celery_app import app
     from vidpipe_tasks.workflow import NothingToRun, StillQueued, resume
 
@@ -128,6 +131,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
             print(resume(app, settings, project_id, args.priority).describe())
         except (LookupError, NothingToRun, StillQueued) as exc:
             print(str(exc), file=sys.stderr)
+            code = 1
+        except OperationalError as exc:  # the broker is down: the project stays as it was
+            print(f"project {project_id}: not queued: {' '.join(str(exc).split())}", file=sys.stderr)
             code = 1
     return code
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -103,7 +104,12 @@ def test_when_queueing_fails_projects_stay_pending_and_resume_queues_them(tmp_pa
     with session_scope(embedded.database_url) as s:
         projects = [s.get(Project, r["project_id"]) for r in rows]
         assert [(p.status, p.chain_root_id) for p in projects] == [(ProjectStatus.PENDING, None)] * 2
-    # And once the broker works, `vidpipe resume` queues them
+    # And `vidpipe resume` says so in one line while the broker is still down
+    still_down = run_vidpipe(down, "resume", str(first))
+    assert still_down.returncode == 1 and "Traceback" not in still_down.stderr
+    assert still_down.stderr.startswith(f"project {first}: not queued: ")
+    # And once the broker works (here: the embedded one, whose folders the failed submit never made), queues them
+    shutil.rmtree(embedded.broker_dir)
     resumed = run_vidpipe(embedded, "resume", str(first), str(second))
     assert resumed.returncode == 0, resumed.stderr
     with session_scope(embedded.database_url) as s:
