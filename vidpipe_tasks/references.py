@@ -40,8 +40,9 @@ def resolve_reference(base: Path, ref: str, roots: tuple[Path, ...] = ()) -> Pat
         raise ReferenceRefused(f"cannot resolve path: {exc}") from None
     inside_folder = not raw.is_absolute() and target.is_relative_to(folder)
     if not inside_folder and not any(target.is_relative_to(root) for root in roots):
-        where = "an absolute path" if raw.is_absolute() else "outside the storyboard's folder"
-        raise ReferenceRefused(f"{where} (after resolving symlinks) and not under VIDPIPE_REFERENCE_ROOTS: {ref}")
+        outside = "outside the storyboard's folder (after resolving symlinks)"
+        where = "an absolute path" if raw.is_absolute() else outside
+        raise ReferenceRefused(f"{where} and not under VIDPIPE_REFERENCE_ROOTS: {ref}")
     if not target.exists():
         raise ReferenceRefused(f"file not found: {base / ref}")
     if not target.is_file():
