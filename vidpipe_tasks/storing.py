@@ -15,7 +15,6 @@ from vidpipe_tasks import media
 from vidpipe_tasks.db.models import Asset, AssetSource, AssetType, Manifest, Project, Scene
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.inputs import StoryboardInput
-from vidpipe_tasks.registry import lock_manifest
 from vidpipe_tasks.settings import Settings
 from vidpipe_tasks.storyboard import ManifestSpec, Storyboard, StoryboardError
 
@@ -70,8 +69,8 @@ def upsert_manifest(
     """Find or create the named manifest and add the storyboard's assets it lacks (stored ones are kept).
 
     Safe when several submissions create the same manifest at once: the manifest is inserted with ON
-    CONFLICT DO NOTHING, then its write lock (registry.lock_manifest) is held while its tags are read and
-    the missing assets inserted, so two submissions never insert the same tag.
+    CONFLICT DO NOTHING, then its row is locked (the lock registry.lock_manifest takes to commit a scene)
+    while its tags are read and the missing assets inserted, so two submissions never insert the same tag.
 
     Args:
         session: the batch's session.
@@ -88,8 +87,10 @@ def upsert_manifest(
     from vidpipe_tasks.references import ReferenceRefused
 
     insert_ignoring_conflict(session, Manifest, {"name": spec.name, "registry_version": 0}, ["name"])
-    manifest = session.scalar(select(Manifest).where(Manifest.name == spec.name))
-    lock_manifest(session, manifest.id)
+    # The manifest's row lock, without bumping registry_version (that counts registry commits): FOR UPDATE
+    # waits for a registration or another submission holding it. SQLite has no FOR UPDATE; there the
+    # INSERT above already took the database write lock for the rest of the transaction.
+    manifest = session.scalar(select(Manifest).where(Manifest.name == spec.name).with_for_update())
     existing = set(session.scalars(select(Asset.tag).where(Asset.manifest_id == manifest.id)))
     for i, a in enumerate(spec.assets):
         if a.tag in existing:
