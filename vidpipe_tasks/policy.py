@@ -174,8 +174,8 @@ class PipelineTask(Task):
             self._record(task_id, "cancelled", str(exc))
             raise Ignore() from exc
         except SkipDelivery as exc:
-            log.warning("%s[%s] skipped: %s", self.name, task_id, exc)
-            self._record(task_id, "stale", str(exc))
+            log.warning("%s[%s] ignored: %s", self.name, task_id, exc)
+            self._record(task_id, "ignored", str(exc))
             raise Ignore() from exc
         except JobPending as pending:
             self._poll_later(task_id, args, kwargs, pending)

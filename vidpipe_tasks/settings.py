@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from vidpipe_tasks.limits import InputLimits
+
 #: Queue names; routes and deploy files are derived from these.
 GENERATION_QUEUE = "generation"
 CV_QUEUE = "cv"
@@ -18,6 +20,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "embedder": ("auto", "open_clip", "none"),
     "cv_device": ("auto", "cuda", "cpu"),
 }
+
+
+#: Limits that must be positive.
+LIMIT_FIELDS = (
+    "max_input_bytes",
+    "max_storyboard_bytes",
+    "max_nesting_depth",
+    "max_reference_bytes",
+    "max_reference_pixels",
+    "max_project_scenes",
+    "max_project_seconds",
+    "max_project_pixels",
+    "max_batch_projects",
+    "max_batch_seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,19 @@ class Settings:
     flower_basic_auth: str = ""
     #: Port Flower listens on.
     flower_port: int = 5555
+    #: Input limits and quotas (docs/storyboard.md "Limits and quotas"); see vidpipe_tasks.limits.InputLimits.
+    #: Folders, besides each storyboard's own, that reference images may come from (separated by ":").
+    reference_roots: str = ""
+    max_input_bytes: int = InputLimits.max_input_bytes
+    max_storyboard_bytes: int = InputLimits.max_storyboard_bytes
+    max_nesting_depth: int = InputLimits.max_nesting_depth
+    max_reference_bytes: int = InputLimits.max_reference_bytes
+    max_reference_pixels: int = InputLimits.max_reference_pixels
+    max_project_scenes: int = InputLimits.max_project_scenes
+    max_project_seconds: float = InputLimits.max_project_seconds
+    max_project_pixels: int = InputLimits.max_project_pixels
+    max_batch_projects: int = InputLimits.max_batch_projects
+    max_batch_seconds: float = InputLimits.max_batch_seconds
 
     def __post_init__(self) -> None:
         for field_name, allowed in CHOICES.items():
@@ -115,6 +145,7 @@ class Settings:
             "transient_retry_window",
             "max_task_crashes",
             "max_recoveries",
+            *LIMIT_FIELDS,
         ):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"VIDPIPE_{field_name.upper()} must be at least 1")
@@ -123,6 +154,10 @@ class Settings:
                 raise ValueError(f"VIDPIPE_{field_name.upper()} must be positive")
         if self.lease_ttl < 2 * self.heartbeat_interval:
             raise ValueError("VIDPIPE_LEASE_TTL must be at least twice VIDPIPE_HEARTBEAT_INTERVAL")
+
+    @property
+    def input_limits(self) -> InputLimits:
+        return InputLimits.from_settings(self)
 
     @property
     def broker_dir(self) -> Path:

@@ -214,7 +214,7 @@ def test_an_analysis_delivered_before_its_clip_exists_is_skipped_without_failing
     result = analyze_clip.apply(args=({"project_id": pid, "scene_index": 1},), task_id="cv-2")
     assert result.state == "IGNORED"
     assert project_of(on_app, pid).status == ProjectStatus.PENDING
-    assert run_of(on_app, "cv-2").outcome == "stale"
+    assert run_of(on_app, "cv-2").outcome == "ignored"
 
 
 def test_a_duplicate_analysis_of_a_registered_scene_leaves_its_finished_state_alone(on_app, tmp_path) -> None:
