@@ -48,7 +48,8 @@ def beat_argv(settings: Settings, loglevel: str = "info") -> list[str]:
     Run exactly one per installation (two would only sweep twice as often: recovery is compare-and-swap).
     """
     schedule = settings.home / "celerybeat-schedule"
-    return [sys.executable, "-m", "celery", "-A", APP, "beat", "-l", loglevel, "--schedule", str(schedule)]
+    argv = [sys.executable, "-m", "celery", "-A", APP, "beat", "-l", loglevel, "--schedule", str(schedule)]
+    return [*argv, "--scheduler", "vidpipe_tasks.beat:Scheduler"]
 
 
 def start_beat(settings: Settings, logdir: Path) -> WorkerProcess:

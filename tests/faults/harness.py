@@ -302,7 +302,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def recovery_seconds(settings: Settings, faults: list[Fault]) -> list[float]:
-    """For each kill that interrupted a known scene task: seconds until that task started again."""
+    """For each kill that interrupted a known scene task: seconds until a task of that scene started again."""
     found = []
     with session_scope(settings.database_url) as s:
         for f in faults:
@@ -312,8 +312,7 @@ def recovery_seconds(settings: Settings, faults: list[Fault]) -> list[float]:
                 select(TaskRun.started_at).where(
                     TaskRun.project_id == f.project_id,
                     TaskRun.scene_index == f.scene_index,
-                    TaskRun.task_name == f.task_name,
-                    TaskRun.outcome.not_in(("stale", "duplicate")),
+                    TaskRun.outcome.not_in(("stale", "duplicate", "ignored")),
                 )
             )
             later = sorted(t for t in (_utc(x) for x in started) if t > f.at)

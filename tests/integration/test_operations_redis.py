@@ -261,3 +261,19 @@ def test_a_chain_resumed_by_the_recovery_sweep_is_served_before_the_backlog(ops:
     assert json.loads(raw)["headers"]["id"] == root  # taken first, though queued last
     assert sorted(m.project_id for m in broker_messages(app, ops)) == sorted(backlog)
     assert serve_next(app, ops, "no-such-task") is False
+
+
+def test_beat_puts_each_recovery_sweep_ahead_of_the_registry_backlog(ops: Settings) -> None:
+    from celery.beat import ScheduleEntry
+
+    from vidpipe_tasks.beat import Scheduler
+
+    app = create_app(ops)
+    for n in range(20):  # a backlog of registry work
+        app.send_task("vidpipe.finalize_project", args=({"project_id": 1000 + n},))
+    scheduler = Scheduler(app, schedule_filename=str(ops.home / "beat-schedule"), lazy=True)
+    entry = ScheduleEntry(name="sweep", task="vidpipe.recover_stalled", schedule=10.0, app=app)
+    sent = scheduler.apply_async(entry, advance=False)
+    broker = redis.Redis.from_url(ops.broker_url)
+    _key, raw = broker.brpop([REGISTRY_QUEUE], timeout=5)
+    assert json.loads(raw)["headers"]["id"] == sent.id and broker.llen(REGISTRY_QUEUE) == 20
