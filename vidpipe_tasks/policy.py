@@ -73,11 +73,12 @@ def solo_soft_time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def persist(write: Callable[[], T], window: float, what: str) -> T | None:
-    """Run a bookkeeping write, waiting out a transient database error for up to `window` seconds.
+def persist(write: Callable[[], T], window: float, what: str, *, required: bool = False) -> T | None:
+    """Run a database write, waiting out a transient error (a restart) for up to `window` seconds.
 
-    The failure path must never raise (on the solo pool an exception there stops the worker), so after the
-    window this logs and returns None: the recovery sweep repairs whatever the write would have recorded.
+    Bookkeeping (`required=False`): the failure path must never raise (on the solo pool an exception there
+    stops the worker), so after the window this logs and returns None; the recovery sweep repairs whatever
+    the write would have recorded. A write the task cannot go on without (`required=True`) raises instead.
     """
     deadline = time.monotonic() + window
     attempt = 0
@@ -86,6 +87,8 @@ def persist(write: Callable[[], T], window: float, what: str) -> T | None:
             return write()
         except Exception as exc:
             if not is_transient(exc) or time.monotonic() >= deadline:
+                if required:
+                    raise
                 log.error("could not record %s: %s: %s", what, type(exc).__name__, exc)
                 return None
             time.sleep(min(backoff_delay(attempt, 0.2, 2.0), max(0.0, deadline - time.monotonic())))
@@ -236,7 +239,8 @@ class PipelineTask(Task):
                 )
             return None
 
-        return _retrying_db(write, self.settings.transient_retry_window)
+        # Past 30 s the task is retried through Celery instead, freeing its slot.
+        return persist(write, min(self.settings.transient_retry_window, 30.0), f"start of {task_id}", required=True)
 
     def _close(self, s: Any, run: TaskRun | None, task_id: str, args: tuple, outcome: str, detail: str) -> str:
         project_id, scene_index = _ids(args)
@@ -376,20 +380,6 @@ def quick_backend(app: Any) -> Any:
             backend.retry_policy = {**backend.retry_policy, "max_retries": 0}
         _QUICK_BACKENDS[key] = backend
     return backend
-
-
-def _retrying_db(write: Callable[[], T], window: float) -> T:
-    """Like `persist`, but a write the task cannot run without: after the window the error propagates."""
-    deadline = time.monotonic() + min(window, 30.0)
-    attempt = 0
-    while True:
-        try:
-            return write()
-        except Exception as exc:
-            if not is_transient(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(backoff_delay(attempt, 0.2, 2.0))
-            attempt += 1
 
 
 def _has_run(session: Any, task_id: str) -> bool:

@@ -38,6 +38,17 @@ def running_generation(settings, project_id: int) -> TaskRun | None:
         return s.scalar(stmt)
 
 
+def kill_while_rendering_a_later_scene(settings, project_id: int, gen) -> TaskRun:
+    """SIGKILL the generation worker's whole group once it renders scene 2 or later; returns that run."""
+    deadline = time.monotonic() + 180
+    while (run := running_generation(settings, project_id)) is None:
+        assert time.monotonic() < deadline, "no later scene started"
+        time.sleep(0.02)
+    os.killpg(gen.process.pid, signal.SIGKILL)
+    gen.process.wait()
+    return run
+
+
 def test_with_beat_running_a_project_whose_worker_died_mid_task_completes_by_itself(tmp_path) -> None:
     from vidpipe_tasks.workers import start_beat
 
@@ -52,12 +63,7 @@ def test_with_beat_running_a_project_whose_worker_died_mid_task_completes_by_its
         enqueue_project(create_app(settings), settings, project)
         # Given the generation worker killed whole while it renders a later scene (the embedded broker
         # handed the message over: it is gone with the worker), and a new worker started in its place
-        deadline = time.monotonic() + 180
-        while (run := running_generation(settings, project)) is None:
-            assert time.monotonic() < deadline, "no later scene started"
-            time.sleep(0.02)
-        os.killpg(gen.process.pid, signal.SIGKILL)
-        gen.process.wait()
+        run = kill_while_rendering_a_later_scene(settings, project, gen)
         workers[0] = start_worker(settings, "gen2", [GENERATION_QUEUE, REGISTRY_QUEUE], logs)
         # Then, with nobody calling resume, the sweep finds the chain lost and the project completes
         waited = vidpipe(settings, "wait", str(project), "--timeout", "300")
@@ -84,12 +90,7 @@ def test_resume_completes_a_project_whose_worker_died_mid_task_without_duplicate
         wait_ready(workers)
         enqueue_project(create_app(settings), settings, project)
         # Given a worker killed while it renders a later scene (its message is gone with it)
-        deadline = time.monotonic() + 180
-        while (run := running_generation(settings, project)) is None:
-            assert time.monotonic() < deadline, "no later scene started"
-            time.sleep(0.02)
-        os.killpg(gen.process.pid, signal.SIGKILL)
-        gen.process.wait()
+        run = kill_while_rendering_a_later_scene(settings, project, gen)
         gen = start_worker(settings, "gen2", [GENERATION_QUEUE, REGISTRY_QUEUE], logs)
         workers = [gen, cv]
         wait_ready(workers)
