@@ -155,12 +155,20 @@ def main() -> None:
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda is skipped without a GPU")
     parser.add_argument("--no-embedder", dest="embedder", action="store_false", help="leave open_clip out")
     parser.add_argument("--sweep", action="store_true", help="also print the cost model (new analysis only)")
+    parser.add_argument("--threads", type=int, help="torch threads for both analyses (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     size = tuple(int(v) for v in args.size.split("x"))
     print(
         f"{args.scenes} scenes of {args.duration:g} s {args.size} @ {args.fps} fps, 2 faces (1 referenced, 1 new), "
         f"up to {args.max_frames} frames sampled per scene, batch {args.batch}; baseline = analysis at f20fb52"
     )
+    import torch
+
+    print(f"torch threads: {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         requests = render_bench_scenes(root, args.scenes, size, args.duration, args.fps)
