@@ -1,4 +1,4 @@
-"""Time limits on solo CV workers: an analysis past its soft limit degrades its scene; the project goes on."""
+"""Time limits on CV workers (prefork: Celery enforces them): an analysis past its soft limit degrades its scene."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from vidpipe_tasks.storyboard import load_storyboard
 from vidpipe_tasks.workflow import create_project
 
 
-def test_an_analysis_over_its_soft_limit_on_a_solo_worker_degrades_the_scene_and_the_project_completes(
+def test_an_analysis_over_its_soft_limit_on_a_cv_worker_degrades_the_scene_and_the_project_completes(
     tmp_path,
 ) -> None:
     # 2 s hard limit, 1 s soft: 48 sampled frames of dlib analysis take several seconds on any CPU.
