@@ -358,3 +358,34 @@ def test_frames_are_detected_concurrently(make_engine, monkeypatch) -> None:
     monkeypatch.setattr(engine._detector, "detect", spy)
     engine.detect([frame_with_faces([(0, 0)])] * 8, list(range(8)))
     assert len(threads) > 1
+
+
+def test_a_detector_exported_with_a_dynamic_batch_detects_all_frames_in_one_run_with_the_same_boxes(
+    pack, tmp_path, monkeypatch
+) -> None:
+    import shutil
+
+    batched_pack = tmp_path / "batched"
+    shutil.copytree(pack, batched_pack)
+    build_tiny_scrfd(batched_pack / "det_10g.onnx", batched=True)
+    per_frame = InsightFaceEngine(pack, device="cpu")
+    batched = InsightFaceEngine(batched_pack, device="cpu")
+    per_frame.load(), batched.load()
+    assert batched._detector.batched and not per_frame._detector.batched
+    runs = []
+    session = batched._detector._session_for_input_size(batched.det_size)
+    real_run = session.run
+
+    def counting(names, feeds):
+        runs.append(next(iter(feeds.values())).shape[0])
+        return real_run(names, feeds)
+
+    monkeypatch.setattr(session, "run", counting)
+    frames = [frame_with_faces(cells, variants=list(range(len(cells)))) for cells in ([(0, 0), (3, 4)], [(2, 2)], [])]
+    got = batched.detect(frames * 2, list(range(6)))
+    want = per_frame.detect(frames * 2, list(range(6)))
+    assert runs == [6], "one session run for the six frames"
+    assert [(b.frame_index, b.bbox) for b in got] == [(b.frame_index, b.bbox) for b in want] and got
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-4)
+        assert abs(a.det_score - b.det_score) < 1e-5
