@@ -1,10 +1,12 @@
-"""Face tracks across the sampled frames, so a clip embeds the best faces of each track, not every detection.
+"""Face tracks across the sampled frames, so a clip embeds a few faces of each track, not every detection.
 
 Identity embedding is the costliest CPU stage (dlib: ~55 ms a face), and the faces of one track are
 one person. A track links a box to the nearest box of an earlier frame when it is close in position and
-size and looks alike (a grey thumbnail correlation), then embeds its best two faces. When those two
-disagree (below the engine's match threshold) the track is not trusted and every face in it is
-embedded, as without tracking.
+size and looks alike (a grey thumbnail correlation: it rejects background and very different faces, but
+cannot tell faces apart reliably). Each track then embeds its best face and its first and last faces: a
+track that switched identity (a cut from one close-up to another at the same place) has ends of two
+people. When those embeddings disagree (below the engine's match threshold) the track is not trusted and
+every face in it is embedded, as without tracking.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ MAX_SHIFT = 1.5
 MAX_SIZE_RATIO = 1.5
 #: Smallest correlation of the two boxes' 16x16 grey thumbnails (a different face at the same place fails).
 MIN_LOOKALIKE = 0.5
-#: Faces embedded per track.
-EMBED_PER_TRACK = 2
 _THUMB = 16
 
 
@@ -82,14 +82,15 @@ def link_tracks(boxes: Sequence[FaceBox], frames: dict[int, np.ndarray]) -> list
     return tracks
 
 
-def _best(track: Track, frame_shape: tuple[int, ...]) -> list[int]:
-    """Positions in the track of its EMBED_PER_TRACK best faces (the analysis's own quality score)."""
+def _picks(track: Track, frame_shape: tuple[int, ...]) -> list[int]:
+    """Positions in the track of the faces to embed: its best (the analysis's quality score), first and last."""
 
     def quality(i: int) -> tuple[float, int]:
         box = track.boxes[i]
         return face_quality(DetectedFace(box.frame_index, box.bbox, box.det_score, np.zeros(0)), frame_shape), -i
 
-    return sorted(sorted(range(len(track.boxes)), key=quality, reverse=True)[:EMBED_PER_TRACK])
+    best = max(range(len(track.boxes)), key=quality)
+    return sorted({best, 0, len(track.boxes) - 1})
 
 
 def _mean(vectors: np.ndarray) -> np.ndarray:
@@ -101,11 +102,11 @@ def _mean(vectors: np.ndarray) -> np.ndarray:
 
 
 def embed_tracks(engine: FaceEngine, frames: dict[int, np.ndarray], tracks: list[Track]) -> list[DetectedFace]:
-    """Every box as a DetectedFace: a trusted track's faces share the mean of its best faces' embeddings."""
+    """Every box as a DetectedFace: a trusted track's faces share the mean of its picked faces' embeddings."""
     if not tracks:
         return []
     shape = next(iter(frames.values())).shape
-    picks = [_best(t, shape) for t in tracks]
+    picks = [_picks(t, shape) for t in tracks]
     flat = [t.boxes[i] for t, chosen in zip(tracks, picks, strict=True) for i in chosen]
     vectors = iter(engine.embed_faces(frames, flat))
     picked = [np.stack([next(vectors) for _ in chosen]) for chosen in picks]
