@@ -3,9 +3,9 @@
 Identity embedding is the costliest CPU stage (dlib: ~55 ms a face), and the faces of one track are
 one person. A track links a box to the nearest box of an earlier frame when it is close in position and
 size and looks alike (a grey thumbnail correlation: it rejects background and very different faces, but
-cannot tell faces apart reliably). Each track then embeds its best face and its first and last faces: a
-track that switched identity (a cut from one close-up to another at the same place) has ends of two
-people. When those embeddings disagree (below the engine's match threshold) the track is not trusted and
+cannot tell faces apart reliably). Each track then embeds its first and last faces: a track that
+switched identity (a cut from one close-up to another at the same place) has ends of two people. When
+those embeddings disagree (below the engine's match threshold) the track is not trusted and
 every face in it is embedded, as without tracking.
 """
 
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gpu_worker.clustering import face_quality
 from gpu_worker.faces.base import DetectedFace, FaceBox, FaceEngine
 
 #: Largest centre shift between linked boxes, in face widths (sampled frames are ~0.7 s apart).
@@ -82,15 +81,14 @@ def link_tracks(boxes: Sequence[FaceBox], frames: dict[int, np.ndarray]) -> list
     return tracks
 
 
-def _picks(track: Track, frame_shape: tuple[int, ...]) -> list[int]:
-    """Positions in the track of the faces to embed: its best (the analysis's quality score), first and last."""
+def _picks(track: Track) -> list[int]:
+    """Positions in the track of the faces to embed: its first and its last.
 
-    def quality(i: int) -> tuple[float, int]:
-        box = track.boxes[i]
-        return face_quality(DetectedFace(box.frame_index, box.bbox, box.det_score, np.zeros(0)), frame_shape), -i
-
-    best = max(range(len(track.boxes)), key=quality)
-    return sorted({best, 0, len(track.boxes) - 1})
+    The ends, not the best faces: a track that switched identity once has a different person at each
+    end, so the agreement check catches it with two embeddings (a bad end face only costs speed: the
+    check fails and every face is embedded).
+    """
+    return sorted({0, len(track.boxes) - 1})
 
 
 def _mean(vectors: np.ndarray) -> np.ndarray:
@@ -105,8 +103,7 @@ def embed_tracks(engine: FaceEngine, frames: dict[int, np.ndarray], tracks: list
     """Every box as a DetectedFace: a trusted track's faces share the mean of its picked faces' embeddings."""
     if not tracks:
         return []
-    shape = next(iter(frames.values())).shape
-    picks = [_picks(t, shape) for t in tracks]
+    picks = [_picks(t) for t in tracks]
     flat = [t.boxes[i] for t, chosen in zip(tracks, picks, strict=True) for i in chosen]
     vectors = iter(engine.embed_faces(frames, flat))
     picked = [np.stack([next(vectors) for _ in chosen]) for chosen in picks]

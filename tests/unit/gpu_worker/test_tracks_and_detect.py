@@ -45,7 +45,7 @@ def test_fewer_faces_than_declared_retries_at_full_resolution(engine, faces, mon
     assert heights == [360, 360, None]
 
 
-def test_one_face_moving_across_frames_is_one_track_embedding_three_of_its_faces(engine, faces, monkeypatch) -> None:
+def test_one_face_moving_across_frames_is_one_track_embedding_only_its_first_and_last_faces(engine, faces, monkeypatch) -> None:
     frames = {i: hd(faces["t1-0"], height=220, left=300 + 40 * i, top=200) for i in range(6)}
     boxes = engine.detect(list(frames.values()), list(frames))
     tracks = link_tracks(boxes, frames)
@@ -54,7 +54,7 @@ def test_one_face_moving_across_frames_is_one_track_embedding_three_of_its_faces
     real = engine.embed_faces
     monkeypatch.setattr(engine, "embed_faces", lambda fr, bs: embedded.append(len(bs)) or real(fr, bs))
     found = embed_tracks(engine, frames, tracks)
-    assert embedded == [3, 0] and len(found) == len(boxes)  # best, first, last
+    assert embedded == [2, 0] and len(found) == len(boxes)
     assert all(np.array_equal(f.embedding, found[0].embedding) for f in found)
 
 
@@ -73,18 +73,18 @@ def test_two_people_are_two_tracks_and_a_new_face_in_the_same_place_keeps_its_ow
     assert engine.similarity(found[0].embedding[None], found[1].embedding[None])[0, 0] < engine.match_threshold
 
 
-def test_a_track_whose_best_faces_disagree_gets_every_face_embedded(engine, faces, monkeypatch) -> None:
+def test_a_track_whose_ends_disagree_gets_every_face_embedded(engine, faces, monkeypatch) -> None:
     frames = {i: hd(faces["t1-0"], height=220, left=300 + 40 * i, top=200) for i in range(4)}
     tracks = link_tracks(engine.detect(list(frames.values()), list(frames)), frames)
     (track,) = tracks
     assert len(track.boxes) >= 3
-    # Make the two best faces disagree: a tracking error (two people linked) must not spread one embedding.
+    # Make the ends disagree: a tracking error (two people linked) must not spread one embedding.
     monkeypatch.setattr(engine, "match_threshold", 1.01)
     embedded = []
     real = engine.embed_faces
     monkeypatch.setattr(engine, "embed_faces", lambda fr, bs: embedded.append(len(bs)) or real(fr, bs))
     found = embed_tracks(engine, frames, tracks)
-    assert embedded == [3, len(track.boxes) - 3] and len(found) == len(track.boxes)
+    assert embedded == [2, len(track.boxes) - 2] and len(found) == len(track.boxes)
 
 
 def test_no_boxes_no_tracks_no_faces(engine) -> None:
