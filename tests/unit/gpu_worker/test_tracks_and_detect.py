@@ -45,7 +45,9 @@ def test_fewer_faces_than_declared_retries_at_full_resolution(engine, faces, mon
     assert heights == [360, 360, None]
 
 
-def test_one_face_moving_across_frames_is_one_track_embedding_only_its_first_and_last_faces(engine, faces, monkeypatch) -> None:
+def test_one_face_moving_across_frames_is_one_track_embedding_its_first_and_last_faces(
+    engine, faces, monkeypatch
+) -> None:
     frames = {i: hd(faces["t1-0"], height=220, left=300 + 40 * i, top=200) for i in range(6)}
     boxes = engine.detect(list(frames.values()), list(frames))
     tracks = link_tracks(boxes, frames)
