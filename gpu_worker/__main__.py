@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from gpu_worker.launcher import Launcher, discover_gpus, plan_slots
+from gpu_worker.launcher import DEFAULT_CHILDREN_PER_GPU, Launcher, discover_gpus, plan_slots
 from vidpipe_tasks.db.migrate import prepare_installation
 from vidpipe_tasks.errors import SchemaNotReady
 from vidpipe_tasks.settings import load_settings
@@ -17,6 +17,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidpipe-gpu-worker", description=__doc__)
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--processes", type=int, help="cpu: how many processes; cuda: use at most this many GPUs")
+    parser.add_argument(
+        "--per-gpu",
+        type=int,
+        default=DEFAULT_CHILDREN_PER_GPU,
+        help="cuda: pool children per GPU, i.e. scenes in flight on one GPU (decode overlaps inference)",
+    )
     parser.add_argument(
         "--logdir", help="one log file per worker (default: $VIDPIPE_HOME/logs); '-' logs to stdout (containers)"
     )
@@ -42,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vidpipe-gpu-worker: {exc}", file=sys.stderr)
         return 2
     try:
-        slots = plan_slots(args.device, args.processes, discover_gpus())
+        slots = plan_slots(args.device, args.processes, discover_gpus(), children_per_gpu=args.per_gpu)
     except (RuntimeError, ValueError) as exc:
         print(f"vidpipe-gpu-worker: {exc}", file=sys.stderr)
         return 2

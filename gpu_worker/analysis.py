@@ -14,7 +14,8 @@ import numpy as np
 from gpu_worker import continuity as cont
 from gpu_worker.clustering import FaceCluster, best_face, cluster_faces, face_quality
 from gpu_worker.faces.base import DetectedFace, FaceEngine
-from gpu_worker.frames import sample_frames
+from gpu_worker.frames import even_indices, sample_frames
+from gpu_worker.tracks import embed_tracks, link_tracks
 from vidpipe_tasks import media
 from vidpipe_tasks.transient import is_transient
 
@@ -24,12 +25,35 @@ log = logging.getLogger(__name__)
 MIN_FACE_PX = 40
 #: Margin added around a face box on each side when saving a candidate's crop.
 CROP_MARGIN = 0.35
+#: Sampled frames, evenly spread, whose image embeddings average into the scene's visual embedding.
+SCENE_FRAMES = 4
+
+
+#: Reference embeddings this process computed, by (engine, path, size, mtime): scenes of one manifest
+#: in flight at once all carry references the registry has not stored yet.
+_REFERENCE_CACHE: dict[tuple, list[float] | None] = {}
+_REFERENCE_CACHE_MAX = 256
+
+
+def _reference_embedding(path: Path, engine: FaceEngine) -> list[float] | None:
+    """The largest face's embedding in a reference image (None: no face), computed once per file version."""
+    from PIL import Image
+
+    stat = path.stat()
+    key = (engine.name, str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _REFERENCE_CACHE:
+        with Image.open(path) as img:
+            rgb = np.asarray(img.convert("RGB"))
+        faces = engine.detect_and_embed([rgb], [-1])
+        largest = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]), default=None)
+        if len(_REFERENCE_CACHE) >= _REFERENCE_CACHE_MAX:
+            _REFERENCE_CACHE.pop(next(iter(_REFERENCE_CACHE)))
+        _REFERENCE_CACHE[key] = largest.embedding.tolist() if largest is not None else None
+    return _REFERENCE_CACHE[key]
 
 
 def _embed_references(request: dict, media_root: Path, engine: FaceEngine, warnings: list[str]) -> dict[str, list]:
     """Embed registry reference images that have no embedding from this engine (largest face wins)."""
-    from PIL import Image
-
     computed = {}
     for entry in request["registry"]:
         if entry.get("embedding") is not None and entry.get("engine") == engine.name:
@@ -41,14 +65,11 @@ def _embed_references(request: dict, media_root: Path, engine: FaceEngine, warni
         except ValueError as exc:  # the registry row is untrusted: skip the asset, not the analysis
             warnings.append(f"reference image of {entry.get('asset_tag') or entry['tag']} refused: {exc}")
             continue
-        with Image.open(path) as img:
-            rgb = np.asarray(img.convert("RGB"))
-        faces = engine.detect_and_embed([rgb], [-1])
-        if not faces:
+        vector = _reference_embedding(path, engine)
+        if vector is None:
             warnings.append(f"no face found in the reference image of {entry.get('asset_tag') or entry['tag']}")
             continue
-        largest = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
-        computed[str(entry["asset_id"])] = largest.embedding.tolist()
+        computed[str(entry["asset_id"])] = vector
     return computed
 
 
@@ -110,8 +131,8 @@ def _save_crop(frame: np.ndarray, face: DetectedFace, target: Path) -> np.ndarra
     return crop
 
 
-def _candidates(clusters: list[FaceCluster], sampled, request: dict, media_root: Path, embedder=None) -> list[dict]:
-    """New-face candidates with a saved best crop; with an embedder, the crops' image embeddings in one batch."""
+def _candidates(clusters: list[FaceCluster], sampled, request: dict, media_root: Path) -> tuple[list[dict], list]:
+    """New-face candidates with a saved best crop, and the crops' pixels (for their image embeddings)."""
     frame_of = dict(zip(sampled.indices, sampled.frames, strict=True))
     min_faces = 2 if len(sampled.indices) > 3 else 1  # a face in one frame only is noise
     out, crops = [], []
@@ -133,22 +154,36 @@ def _candidates(clusters: list[FaceCluster], sampled, request: dict, media_root:
                 "embedding": cluster.centroid.tolist(),
             }
         )
-    if embedder is not None and crops:
-        for cand, vector in zip(out, embedder.embed(crops), strict=True):
-            cand["image_embedding"] = vector.tolist()
-    return out
+    return out, crops
 
 
-def _visual(sampled, request: dict, embedder) -> tuple[list[float] | None, float | None]:
-    """The scene's visual embedding (mean of its frames) and its similarity to the previous scene's."""
+def _visual(sampled, request: dict, embedder, candidates: list[dict], crops: list) -> tuple:
+    """One embedder batch: SCENE_FRAMES frames (their mean is the scene's visual embedding) and the crops.
+
+    Returns:
+        The scene's visual embedding and its similarity to the previous scene's (None, None without an
+        embedder); each candidate gets its crop's "image_embedding".
+    """
     if embedder is None:
         return None, None
     from gpu_worker.embedder import mean_embedding
 
-    current = mean_embedding(embedder.embed(list(sampled.frames)))
+    picked = [sampled.frames[i] for i in even_indices(len(sampled.frames), SCENE_FRAMES)]
+    vectors = embedder.embed(picked + list(crops))
+    for cand, vector in zip(candidates, vectors[len(picked) :], strict=True):
+        cand["image_embedding"] = vector.tolist()
+    current = mean_embedding(vectors[: len(picked)])
     if current is None:
         return None, None
     return current.tolist(), cont.visual_component(current, request.get("previous_visual"), embedder.name)
+
+
+def _faces(engine: FaceEngine, sampled, declared: int) -> list[DetectedFace]:
+    """Detect, track and embed the faces of the sampled frames (the best faces of each track only)."""
+    boxes = engine.detect(list(sampled.frames), sampled.indices, min_faces=declared)
+    boxes = [b for b in boxes if b.bbox[3] - b.bbox[1] >= MIN_FACE_PX]
+    frame_of = dict(zip(sampled.indices, sampled.frames, strict=True))
+    return embed_tracks(engine, frame_of, link_tracks(boxes, frame_of))
 
 
 #: The steps an analysis reports as progress, in order.
@@ -194,18 +229,17 @@ def analyze_clip(
     progress("decode", 1, len(PROGRESS_STEPS))
     computed = _embed_references(request, media_root, engine, warnings)
     engine.timings_ms = {"detect": 0.0, "embed": 0.0}  # reference embedding is not per-frame work
-    faces = engine.detect_and_embed(list(sampled.frames), sampled.indices)
+    faces = _faces(engine, sampled, len(request["declared_characters"]))
     progress("faces", 2, len(PROGRESS_STEPS))
-    faces = [f for f in faces if f.bbox[3] - f.bbox[1] >= MIN_FACE_PX]
     t_match = time.perf_counter()
     entries, matrix = _registry_matrix(request, engine, computed)
     matches, unmatched = _match(faces, entries, matrix, engine)
     t_cluster = time.perf_counter()
     clusters = cluster_faces(unmatched, engine.similarity, engine.match_threshold)
-    candidates = _candidates(clusters, sampled, request, media_root, embedder)
-    t_visual, crop_embed_ms = time.perf_counter(), _image_ms(embedder)
+    candidates, crops = _candidates(clusters, sampled, request, media_root)
+    t_visual = time.perf_counter()
     progress("match", 3, len(PROGRESS_STEPS))
-    visual_embedding, visual = _visual(sampled, request, embedder)
+    visual_embedding, visual = _visual(sampled, request, embedder, candidates, crops)
     progress("visual", 4, len(PROGRESS_STEPS))
     t_end = time.perf_counter()
     referenced = {e["tag"] for e in entries}
@@ -238,7 +272,7 @@ def analyze_clip(
             "detect": round(engine.timings_ms["detect"], 1),
             "embed": round(engine.timings_ms["embed"], 1),
             "match": round((t_cluster - t_match) * 1000, 2),
-            "cluster": round((t_visual - t_cluster) * 1000 - crop_embed_ms, 1),
+            "cluster": round((t_visual - t_cluster) * 1000, 1),
             "image_embed": round(_image_ms(embedder), 1),
             "total": round((t_end - t_start) * 1000, 1),
         },

@@ -205,23 +205,19 @@ class ClipEmbedder:
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Embed RGB uint8 images (H, W, 3) of any size, e.g. frames or face crops.
 
-        Each image goes through the model's own preprocessing (resize the short side, centre crop,
-        normalise with the model's mean and std), then `encode_image` in batches of at most `batch_size`.
-        Adds the time taken to `timings_ms["image_embed"]`.
+        Preprocessing runs on tensors on the model's device (see `pixels`), then `encode_image` runs
+        in batches of at most `batch_size`. Adds the time taken to `timings_ms["image_embed"]`.
 
         Returns:
             float32 array (len(images), dim), every row of unit L2 norm.
         """
         self.load()
         import torch
-        from PIL import Image
 
         started = time.perf_counter()
         rows = []
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            pixels = torch.stack([self._preprocess(Image.fromarray(_checked(image))) for image in chunk])
-            pixels = pixels.to(self.device, dtype=self._torch_dtype)
+            pixels = self.pixels(images[start : start + self.batch_size])
             with torch.inference_mode():
                 features = self._model.encode_image(pixels)
             # Normalise in float32: fp16 features can lose the last bits of the norm.
@@ -232,6 +228,74 @@ class ClipEmbedder:
         if not rows:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.concatenate(rows).astype(np.float32, copy=False)
+
+    def pixels(self, images: Sequence[np.ndarray]):  # noqa: ANN201 - a torch tensor
+        """The model's input batch (N, 3, S, S) in its dtype on its device, preprocessed as tensors.
+
+        The model's own preprocessing, done on the device: the uint8 pixels are copied there once,
+        images of one size are resized together (short side to S, bicubic with antialiasing, as
+        open_clip's PIL transform), centre-cropped and normalised with the model's mean and std. A
+        model whose preprocessing is not "shortest side + centre crop" goes through its PIL transform.
+        """
+        import torch
+
+        cfg = _preprocess_cfg(self._model)
+        if cfg is None:
+            from PIL import Image
+
+            batch = torch.stack([self._preprocess(Image.fromarray(_checked(image))) for image in images])
+            return batch.to(self.device, dtype=self._torch_dtype)
+        size = int(cfg["size"][0])
+        mean = torch.tensor(cfg["mean"], device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(cfg["std"], device=self.device).view(1, 3, 1, 1)
+        out: list = [None] * len(images)
+        for positions in _by_shape(images).values():
+            stacked = np.stack([_checked(images[i]) for i in positions])
+            batch = torch.from_numpy(stacked).to(self.device).permute(0, 3, 1, 2).float()
+            batch = _center_crop(_resize_short_side(batch, size), size)
+            batch = ((batch / 255.0).clamp(0, 1) - mean) / std
+            for i, tensor in zip(positions, batch, strict=True):
+                out[i] = tensor
+        return torch.stack(out).to(dtype=self._torch_dtype)
+
+
+def _preprocess_cfg(model) -> dict | None:  # noqa: ANN001 - an open_clip model
+    """The model's preprocessing config when tensor preprocessing reproduces it, else None."""
+    cfg = getattr(getattr(model, "visual", None), "preprocess_cfg", None)
+    if not cfg or cfg.get("resize_mode", "shortest") != "shortest" or cfg.get("interpolation") != "bicubic":
+        return None
+    size = cfg.get("size")
+    size = (size, size) if isinstance(size, int) else tuple(size or ())
+    if len(size) != 2 or size[0] != size[1]:
+        return None
+    return {**cfg, "size": size}
+
+
+def _by_shape(images: Sequence[np.ndarray]) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(np.shape(image), []).append(i)
+    return groups
+
+
+def _resize_short_side(batch, size: int):  # noqa: ANN001, ANN202 - torch tensors
+    """Torchvision's Resize(size) on (N, 3, H, W): the short side to `size`, the long one in proportion."""
+    import torch
+
+    h, w = batch.shape[-2:]
+    short, long = (h, w) if h <= w else (w, h)
+    new_long = int(size * long / short)
+    new_h, new_w = (size, new_long) if h <= w else (new_long, size)
+    return torch.nn.functional.interpolate(
+        batch, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False
+    )
+
+
+def _center_crop(batch, size: int):  # noqa: ANN001, ANN202 - torch tensors
+    """Torchvision's CenterCrop(size) (the offset rounds as torchvision rounds it)."""
+    h, w = batch.shape[-2:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return batch[..., top : top + size, left : left + size]
 
 
 def _checked(image: np.ndarray) -> np.ndarray:

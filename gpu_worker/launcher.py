@@ -1,35 +1,46 @@
-"""One CV worker process per GPU (or N on a GPU-less host), supervised: restart with backoff, warm shutdown.
+"""One CV worker per GPU (or N on a GPU-less host), supervised: jittered restart backoff, warm shutdown.
 
-The launcher never initialises CUDA: it finds GPUs from CUDA_VISIBLE_DEVICES or `nvidia-smi`, and each
-child sees exactly one GPU through its own CUDA_VISIBLE_DEVICES, so models load in the child only.
+Each worker is a prefork Celery worker (see gpu_worker.process_model): its parent stays responsive
+(heartbeats, inspect, time limits) while its pool children, K per GPU, analyse. The launcher never
+initialises CUDA: it finds GPUs from CUDA_VISIBLE_DEVICES or `nvidia-smi`, and each worker sees exactly
+one GPU through its own CUDA_VISIBLE_DEVICES, so models load in the pool children only.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpu_worker import process_model
 from vidpipe_tasks.settings import CV_QUEUE, Settings
 from vidpipe_tasks.workers import worker_argv
 
 log = logging.getLogger("gpu_worker.launcher")
 
-#: Restart delays after a child dies: doubles from the first to the last, reset after a healthy run.
-BACKOFF_FIRST_S, BACKOFF_MAX_S, HEALTHY_RUN_S = 1.0, 30.0, 60.0
+#: Restart delays after a child dies: doubles from the first to the last, reset once the child is ready.
+BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 30.0
+#: Each delay is scaled by a random factor in [1 - JITTER, 1 + JITTER], so workers that died together
+#: (a PostgreSQL or Redis restart) do not all come back, and fail again, at the same instant.
+BACKOFF_JITTER = 0.5
+#: Pool children per GPU: while one child's model runs, another decodes and preprocesses its clip.
+DEFAULT_CHILDREN_PER_GPU = 2
 
 
 @dataclass(frozen=True)
 class Slot:
-    """One worker process to keep running: its node name and the environment that pins its device."""
+    """One worker to keep running: its node name, the environment that pins its device, its pool size."""
 
     name: str
     env: dict[str, str]
+    concurrency: int = 1
 
 
 def discover_gpus(environ: dict[str, str] | None = None) -> list[str]:
@@ -46,27 +57,50 @@ def discover_gpus(environ: dict[str, str] | None = None) -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
-def plan_slots(device: str, processes: int | None, gpus: list[str]) -> list[Slot]:
+def plan_slots(
+    device: str,
+    processes: int | None,
+    gpus: list[str],
+    *,
+    children_per_gpu: int = DEFAULT_CHILDREN_PER_GPU,
+    cores: int | None = None,
+) -> list[Slot]:
     """Decide the worker processes.
 
     Args:
         device: "cuda" (one per GPU), "cpu" (`processes` of them, GPUs hidden) or "auto" (cuda if any GPU).
         processes: process count for cpu; for cuda, at most this many GPUs are used.
         gpus: ids from discover_gpus().
+        children_per_gpu: pool children of each GPU worker (scenes in flight per GPU).
+        cores: CPU cores of the host (default: os.cpu_count()); with as many CPU workers as cores, each
+            gets one math thread, since more threads per process only contend for the same cores.
 
     Returns:
-        One Slot per process.
+        One Slot per worker.
     """
+    if children_per_gpu < 1:
+        raise ValueError(f"children per GPU must be at least 1, not {children_per_gpu}")
     if device == "auto":
         device = "cuda" if gpus else "cpu"
     if device == "cuda":
         if not gpus:
             raise RuntimeError("--device cuda: no GPU found (CUDA_VISIBLE_DEVICES empty and nvidia-smi lists none)")
         chosen = gpus[:processes] if processes else gpus
-        return [Slot(f"cv-gpu{g}", {"CUDA_VISIBLE_DEVICES": g, "VIDPIPE_CV_DEVICE": "cuda"}) for g in chosen]
+        env = {"VIDPIPE_CV_DEVICE": "cuda"}
+        return [Slot(f"cv-gpu{g}", {**env, "CUDA_VISIBLE_DEVICES": g}, children_per_gpu) for g in chosen]
     if device != "cpu":
         raise ValueError(f"unknown device {device!r}; expected cuda, cpu or auto")
-    return [Slot(f"cv-cpu{i}", {"CUDA_VISIBLE_DEVICES": "", "VIDPIPE_CV_DEVICE": "cpu"}) for i in range(processes or 1)]
+    count = processes or 1
+    env = {"CUDA_VISIBLE_DEVICES": "", "VIDPIPE_CV_DEVICE": "cpu"}
+    threads = cpu_threads(count, cores if cores is not None else os.cpu_count() or 1)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch, and the BLAS behind dlib, read it at import
+    return [Slot(f"cv-cpu{i}", dict(env)) for i in range(count)]
+
+
+def cpu_threads(processes: int, cores: int) -> int | None:
+    """Math threads per CPU worker: one each once the workers fill the cores, else the libraries' default."""
+    return max(1, cores // processes) if processes >= cores else None
 
 
 def gpu_memory_line(gpu: str) -> str:
@@ -92,6 +126,8 @@ class Child:
     backoff: float = BACKOFF_FIRST_S
     restart_at: float | None = None
     restarts: int = 0
+    ready: bool = False
+    ready_file: Path | None = None
     logs: list[Path] = field(default_factory=list)
 
 
@@ -106,29 +142,45 @@ class Launcher:
         *,
         loglevel: str = "info",
         disable_prefetch: bool = False,
+        rng: random.Random | None = None,
     ) -> None:
         self.settings, self.logdir, self.loglevel = settings, logdir, loglevel
         self.disable_prefetch = disable_prefetch
-        self.children = [Child(slot) for slot in slots]
+        self.rng = rng or random.Random()
+        self.rundir = Path(tempfile.mkdtemp(prefix="vidpipe-cv-"))
+        self.children = [Child(slot, ready_file=self.rundir / f"{slot.name}.ready") for slot in slots]
         self.stopping = False
 
-    def _spawn(self, child: Child) -> None:
-        env = {**os.environ, **self.settings.as_env(), **child.slot.env, "VIDPIPE_WARM_ENGINE": "1"}
+    def worker_command(self, slot: Slot) -> list[str]:
+        """The prefork worker command line of one slot (the process model's module included)."""
         argv = worker_argv(
-            child.slot.name,
+            slot.name,
             [CV_QUEUE],
-            pool="solo",
+            pool="prefork",
+            concurrency=slot.concurrency,
             loglevel=self.loglevel,
             embedded=self.settings.is_filesystem_broker,
             disable_prefetch=self.disable_prefetch,
         )
+        return [*argv, "--include", process_model.MODULE]
+
+    def _spawn(self, child: Child) -> None:
+        child.ready_file.unlink(missing_ok=True)  # readiness must come from this run
+        env = {
+            **os.environ,
+            **self.settings.as_env(),
+            **child.slot.env,
+            "VIDPIPE_WARM_ENGINE": process_model.WARM_IN_CHILD,
+            process_model.READY_FILE_ENV: str(child.ready_file),
+        }
+        argv = self.worker_command(child.slot)
         if self.logdir is None:  # containers: workers log to the launcher's stdout (docker/kubectl logs)
             child.process = subprocess.Popen(argv, env=env)
         else:
             self.logdir.mkdir(parents=True, exist_ok=True)
             with (self.logdir / f"{child.slot.name}.log").open("a") as out:
                 child.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-        child.started, child.restart_at = time.monotonic(), None
+        child.started, child.restart_at, child.ready = time.monotonic(), None, False
         log.info(
             "started %s (pid %s, CUDA_VISIBLE_DEVICES=%r)",
             child.slot.name,
@@ -140,19 +192,29 @@ class Launcher:
                 "%s GPU memory at start: %s", child.slot.name, gpu_memory_line(child.slot.env["CUDA_VISIBLE_DEVICES"])
             )
 
+    def _is_ready(self, child: Child) -> bool:
+        """The worker consumes the queue and every pool child has loaded its models."""
+        counts = process_model.ready_counts(child.ready_file)
+        models_loaded = counts[process_model.MODELS_READY] >= child.slot.concurrency
+        return counts[process_model.CONSUMER_READY] >= 1 and models_loaded
+
     def _check(self, child: Child, now: float) -> None:
         if child.process is not None and child.process.poll() is None:
+            if not child.ready and self._is_ready(child):
+                # A child that got this far is healthy: the next failure starts the backoff over.
+                child.ready, child.backoff = True, BACKOFF_FIRST_S
+                log.info("%s ready after %.1fs", child.slot.name, now - child.started)
             return
         if child.restart_at is None:  # it just died
-            ran = now - child.started
-            child.backoff = BACKOFF_FIRST_S if ran >= HEALTHY_RUN_S else child.backoff
-            child.restart_at = now + child.backoff
+            delay = child.backoff * self.rng.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
+            child.restart_at = now + delay
             log.warning(
-                "%s exited with %s after %.0fs; restarting in %.0fs",
+                "%s exited with %s after %.0fs (%s); restarting in %.1fs",
                 child.slot.name,
                 child.process.returncode if child.process else None,
-                ran,
-                child.backoff,
+                now - child.started,
+                "was ready" if child.ready else "never ready",
+                delay,
             )
             child.backoff = min(BACKOFF_MAX_S, child.backoff * 2)
         elif now >= child.restart_at:
@@ -189,4 +251,5 @@ class Launcher:
                 log.error("pid %s did not stop within %.0fs; killing it", proc.pid, timeout_s)
                 proc.kill()
                 proc.wait()
+        shutil.rmtree(self.rundir, ignore_errors=True)
         return 0

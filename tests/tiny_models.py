@@ -38,8 +38,11 @@ def _save(graph, path: Path) -> Path:  # noqa: ANN001 - onnx.GraphProto
     return path
 
 
-def build_tiny_scrfd(path: Path) -> Path:
+def build_tiny_scrfd(path: Path, *, batched: bool = False) -> Path:
     """Write a detector with the 9-output SCRFD signature (3 strides, 2 anchors, keypoints) to `path`.
+
+    `batched=True` writes the variant some SCRFD exports have: input Bx3xHxW with a dynamic batch and
+    outputs (B, N, 1|4|10), every image scored on its own (its own brightest cell).
 
     Input `input.1` is 1x3xHxW (H and W dynamic, multiples of 32), like the stock det_10g export. For each
     stride s the outputs are scores (N, 1), box distances (N, 4) and keypoint offsets (N, 10) with
@@ -61,7 +64,8 @@ def build_tiny_scrfd(path: Path) -> Path:
         return name
 
     const("channel_weights", np.array(CHANNEL_WEIGHTS, dtype=np.float32).reshape(1, 3, 1, 1))
-    inits.append(numpy_helper.from_array(np.array([-1, 1], dtype=np.int64), "column"))
+    column = [0, -1, 1] if batched else [-1, 1]  # 0: keep the batch dimension
+    inits.append(numpy_helper.from_array(np.array(column, dtype=np.int64), "column"))
     const("zero", 0.0)
     const("never", -20.0)
     const("sharp", 40.0)
@@ -79,7 +83,7 @@ def build_tiny_scrfd(path: Path) -> Path:
         if s == FACE_CELL:
             nodes += [
                 # near_max = sigmoid(sharp * (signal - max + gap)); bright = sigmoid(sharp * (signal - min_signal))
-                helper.make_node("ReduceMax", [f"signal{s}"], [f"max{s}"], keepdims=1),
+                helper.make_node("ReduceMax", [f"signal{s}"], [f"max{s}"], keepdims=1, axes=[1, 2, 3]),
                 helper.make_node("Sub", [f"signal{s}", f"max{s}"], [f"below_max{s}"]),
                 helper.make_node("Add", [f"below_max{s}", "max_gap"], [f"gap{s}"]),
                 helper.make_node("Mul", [f"gap{s}", "sharp"], [f"gap_logit{s}"]),
@@ -99,7 +103,7 @@ def build_tiny_scrfd(path: Path) -> Path:
             # (1, 1, h, w) -> (h*w, 1) in row-major cell order, then two identical anchors per cell -> (h*w*2, 1).
             helper.make_node("Transpose", [f"cell_score{s}"], [f"hw{s}"], perm=[0, 2, 3, 1]),
             helper.make_node("Reshape", [f"hw{s}", "column"], [f"per_cell{s}"]),
-            helper.make_node("Concat", [f"per_cell{s}", f"per_cell{s}"], [f"per_anchor{s}"], axis=1),
+            helper.make_node("Concat", [f"per_cell{s}", f"per_cell{s}"], [f"per_anchor{s}"], axis=2 if batched else 1),
             helper.make_node("Reshape", [f"per_anchor{s}", "column"], [f"score_{s}"]),
             # Constant distances broadcast to one row per anchor: score * 0 + distances.
             helper.make_node("Mul", [f"score_{s}", "zero"], [f"rows{s}"]),
@@ -108,12 +112,17 @@ def build_tiny_scrfd(path: Path) -> Path:
         ]
 
     def out(name: str, s: int, width: int):  # noqa: ANN202 - onnx.ValueInfoProto
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [f"anchors{s}", width])
+        shape = ["batch", f"anchors{s}", width] if batched else [f"anchors{s}", width]
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
     graph = helper.make_graph(
         nodes,
         "tiny_scrfd",
-        [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "height", "width"])],
+        [
+            helper.make_tensor_value_info(
+                "input.1", TensorProto.FLOAT, ["batch" if batched else 1, 3, "height", "width"]
+            )
+        ],
         [out(f"score_{s}", s, 1) for s in STRIDES]
         + [out(f"bbox_{s}", s, 4) for s in STRIDES]
         + [out(f"kps_{s}", s, 10) for s in STRIDES],

@@ -31,6 +31,24 @@ class DetectedFace:
     embedding: np.ndarray
 
 
+@dataclass(frozen=True)
+class FaceBox:
+    """A detected face before its identity embedding: what tracking and `embed_faces` work on.
+
+    Attributes:
+        frame_index: index of the frame in the clip.
+        bbox: (x1, y1, x2, y2) in pixels of the full-resolution frame.
+        det_score: detector confidence (engine-specific scale).
+        landmarks: what the engine aligns the face with (dlib: a full_object_detection; insightface:
+            five keypoints), in full-resolution pixels.
+    """
+
+    frame_index: int
+    bbox: tuple[int, int, int, int]
+    det_score: float
+    landmarks: object
+
+
 class FaceEngine(Protocol):
     """Detects faces and embeds identities; constructors are cheap, `load()` does the heavy work once."""
 
@@ -46,6 +64,14 @@ class FaceEngine(Protocol):
 
     def detect_and_embed(self, frames: Sequence[np.ndarray], frame_indices: Sequence[int]) -> list[DetectedFace]:
         """Find and embed every face in RGB uint8 frames (H, W, 3)."""
+
+    def detect(
+        self, frames: Sequence[np.ndarray], frame_indices: Sequence[int], *, min_faces: int = 0
+    ) -> list[FaceBox]:
+        """Find faces without embedding them (in frame order); `min_faces` is how many the scene declares."""
+
+    def embed_faces(self, frames: dict[int, np.ndarray], boxes: Sequence[FaceBox]) -> np.ndarray:
+        """Identity embeddings (len(boxes), embedding_dim) of boxes found by `detect` in `frames` (by clip index)."""
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Pairwise similarity matrix (len(a), len(b)) in [0, 1]; higher means more alike."""

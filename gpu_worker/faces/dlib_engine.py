@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpu_worker.faces.base import DetectedFace, EngineUnavailable
+from gpu_worker.faces.base import DetectedFace, EngineUnavailable, FaceBox
 from vidpipe_tasks.similarity import similarity_matrix
 
 _MODEL_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
@@ -45,7 +45,14 @@ class DlibFaceEngine:
     name = "dlib-offline"
     embedding_dim = 128
 
-    def __init__(self, *, models_dir: Path | None = None, upsample: int | None = None, match_threshold: float = 0.4):
+    def __init__(
+        self,
+        *,
+        models_dir: Path | None = None,
+        upsample: int | None = None,
+        match_threshold: float = 0.4,
+        detect_height: int = 360,
+    ):
         """Store parameters only; `load()` does the work.
 
         Args:
@@ -53,9 +60,12 @@ class DlibFaceEngine:
             upsample: HOG upsampling; None picks 0 for frames at least 360 px high (faces there are
                 about 90 px, which HOG finds as they are) and 1 for smaller frames.
             match_threshold: similarity (1 - distance) at or above which two faces are one person.
+            detect_height: `detect` runs HOG on frames scaled to this height (HOG's cost grows with the
+                pixel count; landmarks and descriptors still use the full frame).
         """
         self.models_dir = models_dir
         self.upsample = upsample
+        self.detect_height = detect_height
         self.match_threshold = match_threshold
         self.timings_ms = {"detect": 0.0, "embed": 0.0}
         self._detector = self._shape = self._recognizer = None
@@ -97,6 +107,47 @@ class DlibFaceEngine:
             self.timings_ms["embed"] += (t2 - t1) * 1000
         return faces
 
+    def detect(
+        self, frames: Sequence[np.ndarray], frame_indices: Sequence[int], *, min_faces: int = 0
+    ) -> list[FaceBox]:
+        """HOG at about `detect_height`; again at full resolution when no frame shows `min_faces` faces."""
+        self.load()
+        t0 = time.perf_counter()
+        boxes = self._detect_at(frames, frame_indices, self.detect_height)
+        if _most_per_frame(boxes) < min_faces and frames and frames[0].shape[0] > self.detect_height:
+            boxes = self._detect_at(frames, frame_indices, None)  # small faces the scaled pass missed
+        self.timings_ms["detect"] += (time.perf_counter() - t0) * 1000
+        return boxes
+
+    def _detect_at(self, frames: Sequence[np.ndarray], indices: Sequence[int], height: int | None) -> list[FaceBox]:
+        import dlib
+
+        boxes = []
+        for frame, index in zip(frames, indices, strict=True):
+            frame = np.ascontiguousarray(frame, dtype=np.uint8)
+            small, scale = _scaled(frame, height)
+            rects, scores, _ = self._detector.run(small, self._upsample_for(small), 0.0)
+            for rect, score in zip(rects, scores, strict=True):
+                full = dlib.rectangle(
+                    *(round(v * scale) for v in (rect.left(), rect.top(), rect.right(), rect.bottom()))
+                )
+                boxes.append(FaceBox(index, _clip_box(full, frame.shape), float(score), self._shape(frame, full)))
+        return boxes
+
+    def embed_faces(self, frames: dict[int, np.ndarray], boxes: Sequence[FaceBox]) -> np.ndarray:
+        """Dlib descriptors of `boxes` from their full-resolution frames (the 5-point shapes `detect` found)."""
+        self.load()
+        t0 = time.perf_counter()
+        vectors = [
+            np.asarray(
+                self._recognizer.compute_face_descriptor(np.ascontiguousarray(frames[b.frame_index]), b.landmarks),
+                dtype=np.float32,
+            )
+            for b in boxes
+        ]
+        self.timings_ms["embed"] += (time.perf_counter() - t0) * 1000
+        return np.stack(vectors) if vectors else np.zeros((0, self.embedding_dim), np.float32)
+
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """1 - euclidean distance, clipped to [0, 1]."""
         return similarity_matrix(a, b, "euclidean")
@@ -105,3 +156,21 @@ class DlibFaceEngine:
 def _clip_box(rect, shape: tuple[int, ...]) -> tuple[int, int, int, int]:  # noqa: ANN001 - dlib.rectangle
     h, w = shape[:2]
     return max(0, rect.left()), max(0, rect.top()), min(w, rect.right()), min(h, rect.bottom())
+
+
+def _scaled(frame: np.ndarray, height: int | None) -> tuple[np.ndarray, float]:
+    """The frame at about `height` rows (never enlarged) and the factor back to full resolution."""
+    if height is None or frame.shape[0] <= height:
+        return frame, 1.0
+    import cv2
+
+    scale = frame.shape[0] / height
+    size = (round(frame.shape[1] / scale), height)
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA), scale
+
+
+def _most_per_frame(boxes: Sequence[FaceBox]) -> int:
+    counts: dict[int, int] = {}
+    for box in boxes:
+        counts[box.frame_index] = counts.get(box.frame_index, 0) + 1
+    return max(counts.values(), default=0)

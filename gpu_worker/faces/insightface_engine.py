@@ -6,11 +6,12 @@ import logging
 import math
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from gpu_worker.faces.base import DetectedFace, EngineUnavailable
+from gpu_worker.faces.base import DetectedFace, EngineUnavailable, FaceBox
 from vidpipe_tasks.similarity import similarity_matrix
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,12 @@ STAGING_HINT = "stage it with: vidpipe models stage --insightface PATH_OR_URL_TO
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 DEVICES = ("auto", "cuda", "cpu")
+#: Frames detected at once. A detector exported with a dynamic batch gets them in one session run; the
+#: stock SCRFD exports (buffalo_l's det_10g) take a batch of 1, so their frames run as concurrent session
+#: runs instead: onnxruntime releases the GIL, and on CUDA the runs overlap each other's host-side work.
+DETECT_THREADS = 4
+#: Most frames in one batched detector run.
+DETECT_BATCH_FRAMES = 16
 
 #: A pack's detector is the one .onnx file whose name starts with one of these (buffalo_*: det_10g.onnx,
 #: det_500m.onnx; antelopev2: scrfd_10g_bnkps.onnx).
@@ -139,6 +146,7 @@ class InsightFaceEngine:
         self.session_providers: dict[str, list[str]] = {}
         self.timings_ms = {"detect": 0.0, "embed": 0.0}
         self._detector = self._recognizer = self._norm_crop = None
+        self._threads: ThreadPoolExecutor | None = None
 
     def load(self) -> None:
         """Open the detector and recognizer once.
@@ -238,6 +246,69 @@ class InsightFaceEngine:
             for (index, bbox, score), vector in zip(found, vectors, strict=True)
         ]
 
+    def detect(
+        self, frames: Sequence[np.ndarray], frame_indices: Sequence[int], *, min_faces: int = 0
+    ) -> list[FaceBox]:
+        """SCRFD on every frame, DETECT_THREADS frames at a time (`min_faces` unused: SCRFD sees every size)."""
+        self.load()
+        t0 = time.perf_counter()
+        bgr = [_rgb_to_bgr(f) for f in frames]
+
+        def run(img: np.ndarray) -> tuple:
+            return self._detector.detect(img, input_size=self.det_size)
+
+        if bgr and _batchable(self._detector):
+            per_frame = [
+                d
+                for i in range(0, len(bgr), DETECT_BATCH_FRAMES)
+                for d in self._detect_batch(bgr[i : i + DETECT_BATCH_FRAMES])
+            ]
+        else:
+            # The first frame alone: insightface creates its per-input-size session state lazily, unlocked.
+            per_frame = [run(bgr[0])] + list(self._pool().map(run, bgr[1:])) if bgr else []
+        boxes = []
+        for img, index, (dets, kpss) in zip(bgr, frame_indices, per_frame, strict=True):
+            for det, kps in zip(dets, kpss, strict=True):
+                bbox = _clip_box(det[:4], img.shape)
+                if bbox[0] < bbox[2] and bbox[1] < bbox[3]:  # entirely outside the frame: nothing to crop
+                    boxes.append(FaceBox(index, bbox, float(det[4]), np.asarray(kps, np.float32)))
+        self.timings_ms["detect"] += (time.perf_counter() - t0) * 1000
+        return boxes
+
+    def embed_faces(self, frames: dict[int, np.ndarray], boxes: Sequence[FaceBox]) -> np.ndarray:
+        """ArcFace embeddings of `boxes`: aligned on their keypoints, in recognizer batches of `detect_batch`."""
+        self.load()
+        size = int(self._recognizer.input_size[0])
+        bgr = {i: _rgb_to_bgr(f) for i, f in frames.items() if any(b.frame_index == i for b in boxes)}
+        crops = [self._norm_crop(bgr[b.frame_index], landmark=b.landmarks, image_size=size) for b in boxes]
+        batches = [self._embed(crops[i : i + self.detect_batch]) for i in range(0, len(crops), self.detect_batch)]
+        return np.concatenate(batches) if batches else np.zeros((0, self.embedding_dim), np.float32)
+
+    def _detect_batch(self, bgr: list[np.ndarray]) -> list[tuple]:
+        """One detector run for several frames, then insightface's own per-frame post-processing on each slice.
+
+        Each frame is letterboxed exactly as SCRFD.detect does; SCRFD.detect then runs per frame against
+        a session stand-in that returns that frame's slice of the batch outputs (batched exports keep the
+        batch dimension, which SCRFD's forward reads at index 0), so the boxes equal per-frame detection.
+        """
+        det = self._detector
+        blob = np.concatenate([det._prepare_input_blob(_letterbox(img, self.det_size), self.det_size) for img in bgr])
+        outputs = det._session_for_input_size(self.det_size).run(det.output_names, {det.input_name: blob})
+        found = []
+        try:
+            for b, img in enumerate(bgr):
+                replay = _Replay([out[b : b + 1] for out in outputs])
+                det._session_for_input_size = lambda _size, replay=replay: replay
+                found.append(det.detect(img, input_size=self.det_size))
+        finally:
+            vars(det).pop("_session_for_input_size", None)  # the class's method again
+        return found
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(DETECT_THREADS, thread_name_prefix="scrfd")
+        return self._threads
+
     def _embed(self, crops: list[np.ndarray]) -> np.ndarray:
         """One recognizer call; rows L2-normalised so cosine similarity is a dot product."""
         t0 = time.perf_counter()
@@ -293,3 +364,36 @@ def _clip_box(box: np.ndarray, shape: tuple[int, ...]) -> tuple[int, int, int, i
         min(max(math.ceil(x2), 0), w),
         min(max(math.ceil(y2), 0), h),
     )
+
+
+class _Replay:
+    """A session stand-in that returns outputs computed already (one frame's slice of a batched run)."""
+
+    def __init__(self, outputs: list[np.ndarray]) -> None:
+        self.outputs = outputs
+
+    def run(self, output_names: list[str], feeds: dict) -> list[np.ndarray]:
+        return self.outputs
+
+
+def _batchable(detector) -> bool:  # noqa: ANN001 - insightface SCRFD
+    """The detector's export takes a dynamic batch, and this insightface has the hooks batching uses."""
+    batch = detector.session.get_inputs()[0].shape[0]
+    hooks = all(hasattr(detector, n) for n in ("_session_for_input_size", "_prepare_input_blob", "output_names"))
+    return bool(getattr(detector, "batched", False)) and not isinstance(batch, int) and hooks
+
+
+def _letterbox(img: np.ndarray, input_size: tuple[int, int]) -> np.ndarray:
+    """The frame scaled into the detector input, top-left aligned, as SCRFD's _detect_candidates does."""
+    import cv2
+
+    im_ratio, model_ratio = img.shape[0] / img.shape[1], input_size[1] / input_size[0]
+    if im_ratio > model_ratio:
+        new_height = input_size[1]
+        new_width = int(new_height / im_ratio)
+    else:
+        new_width = input_size[0]
+        new_height = int(new_width * im_ratio)
+    out = np.zeros((input_size[1], input_size[0], 3), dtype=np.uint8)
+    out[:new_height, :new_width, :] = cv2.resize(img, (new_width, new_height))
+    return out

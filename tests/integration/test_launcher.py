@@ -72,9 +72,15 @@ def test_launcher_runs_pinned_children_restarts_a_killed_one_and_shuts_down_warm
         kids = wait_until(lambda: c if len(c := children(launcher.pid)) == 2 else None, "two worker children")
         assert set(kids) == {"cv-cpu0", "cv-cpu1"}
         assert all(
-            e.get("CUDA_VISIBLE_DEVICES") == "" and e.get("VIDPIPE_WARM_ENGINE") == "1" for _, e in kids.values()
+            e.get("CUDA_VISIBLE_DEVICES") == "" and e.get("VIDPIPE_WARM_ENGINE") == "child" for _, e in kids.values()
         )
         wait_until(lambda: logs_ready(logdir, ["cv-cpu0", "cv-cpu1"]), "both children ready")
+        # The launcher sees each worker ready (consumer up, models loaded in the pool child): backoff resets
+        launcher_log = tmp_path / "launcher.log"
+        wait_until(
+            lambda: all(f"{n} ready after" in launcher_log.read_text() for n in ("cv-cpu0", "cv-cpu1")),
+            "the launcher to see both workers ready",
+        )
         # A killed child comes back under the same name
         old_pid = kids["cv-cpu1"][0]
         os.kill(old_pid, signal.SIGKILL)

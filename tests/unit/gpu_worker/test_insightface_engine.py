@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -326,3 +327,65 @@ def test_detect_and_embed_times_add_up_in_milliseconds(make_engine) -> None:
 def test_frames_and_indices_of_different_lengths_are_rejected(make_engine) -> None:
     with pytest.raises(ValueError):
         make_engine().detect_and_embed([frame_with_faces([(1, 1)])], [0, 1])
+
+
+# --- detect + embed_faces (the analysis path: concurrent detection, embedding chosen faces only) ---
+
+
+def test_detect_then_embed_faces_gives_what_detect_and_embed_gives(make_engine) -> None:
+    engine = make_engine(detect_batch=2)
+    frames = [frame_with_faces([(0, 0), (1, 2)], variants=[0, 1]), frame_with_faces([(2, 1)], variants=[2])] * 3
+    indices = list(range(10, 16))
+    faces = engine.detect_and_embed(frames, indices)
+    boxes = engine.detect(frames, indices)
+    assert [(b.frame_index, b.bbox) for b in boxes] == [(f.frame_index, f.bbox) for f in faces]
+    vectors = engine.embed_faces(dict(zip(indices, frames, strict=True)), boxes)
+    np.testing.assert_allclose(vectors, np.stack([f.embedding for f in faces]), atol=1e-5)
+    assert engine.embed_faces({}, []).shape == (0, engine.embedding_dim)
+
+
+def test_frames_are_detected_concurrently(make_engine, monkeypatch) -> None:
+    import threading
+
+    engine = make_engine()
+    threads, real = set(), engine._detector.detect
+
+    def spy(img, **kwargs):
+        threads.add(threading.get_ident())
+        time.sleep(0.02)  # long enough that a pool hands frames to several threads
+        return real(img, **kwargs)
+
+    monkeypatch.setattr(engine._detector, "detect", spy)
+    engine.detect([frame_with_faces([(0, 0)])] * 8, list(range(8)))
+    assert len(threads) > 1
+
+
+def test_a_detector_exported_with_a_dynamic_batch_detects_all_frames_in_one_run_with_the_same_boxes(
+    pack, tmp_path, monkeypatch
+) -> None:
+    import shutil
+
+    batched_pack = tmp_path / "batched"
+    shutil.copytree(pack, batched_pack)
+    build_tiny_scrfd(batched_pack / "det_10g.onnx", batched=True)
+    per_frame = InsightFaceEngine(pack, device="cpu")
+    batched = InsightFaceEngine(batched_pack, device="cpu")
+    per_frame.load(), batched.load()
+    assert batched._detector.batched and not per_frame._detector.batched
+    runs = []
+    session = batched._detector._session_for_input_size(batched.det_size)
+    real_run = session.run
+
+    def counting(names, feeds):
+        runs.append(next(iter(feeds.values())).shape[0])
+        return real_run(names, feeds)
+
+    monkeypatch.setattr(session, "run", counting)
+    frames = [frame_with_faces(cells, variants=list(range(len(cells)))) for cells in ([(0, 0), (3, 4)], [(2, 2)], [])]
+    got = batched.detect(frames * 2, list(range(6)))
+    want = per_frame.detect(frames * 2, list(range(6)))
+    assert runs == [6], "one session run for the six frames"
+    assert [(b.frame_index, b.bbox) for b in got] == [(b.frame_index, b.bbox) for b in want] and got
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-4)
+        assert abs(a.det_score - b.det_score) < 1e-5
