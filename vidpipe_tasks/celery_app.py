@@ -40,7 +40,9 @@ def task_time_limits(settings: Settings) -> dict[str, tuple[int, int]]:
 
     The soft limit (90 % of the hard one) raises SoftTimeLimitExceeded in the task, so an analysis
     degrades its scene instead of failing the project. Celery enforces both in prefork children;
-    solo workers enforce neither, and policy.solo_soft_time_limit stands in for the soft one there.
+    a solo worker enforces neither (policy.solo_soft_time_limit stands in for the soft one there; the CV
+    launcher runs prefork workers). A hard limit kills the pool child: the policy records the run as
+    `timeout` and queues the project again; an analysis that timed out degrades its scene on the next try.
     """
     return {name: (max(1, int(limit * 0.9)), limit) for name, limit in hard_time_limits(settings).items()}
 

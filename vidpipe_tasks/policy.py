@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from billiard.process import current_process
 from celery import Task
-from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import func, select, update
 
 from vidpipe_tasks.db.models import Project, TaskRun
@@ -166,6 +166,10 @@ class PipelineTask(Task):
                 log.warning("%s[%s] skipped: %s", self.name, task_id, skip)
                 # Ignore acks the message without storing a result or sending the rest of its chain.
                 raise Ignore()
+            timed_out = self._earlier_timeout(args)
+            if timed_out is not None and (given_up := self.after_timeout(args, timed_out)) is not None:
+                self._record(task_id, "degraded", timed_out, lease=project_id)
+                return self._carry_epoch(given_up, args)
             with (
                 heartbeat(self.database_url, project_id, self.settings.heartbeat_interval, self.settings.lease_ttl),
                 solo_soft_time_limit(self.soft_time_limit),
@@ -241,6 +245,53 @@ class PipelineTask(Task):
 
         # Past 30 s the task is retried through Celery instead, freeing its slot.
         return persist(write, min(self.settings.transient_retry_window, 30.0), f"start of {task_id}", required=True)
+
+    def after_timeout(self, args: tuple, reason: str) -> Any:
+        """The result to return, without running, for a scene task that already hit its hard time limit.
+
+        None (the default): run it again (the timeout counted as a crash toward the poison cap). The
+        analysis task returns a degraded analysis: a hung analysis degrades its scene, the chain goes on.
+        """
+        return None
+
+    def _earlier_timeout(self, args: tuple) -> str | None:
+        project_id, scene_index = _ids(args)
+        if project_id is None or scene_index is None:
+            return None
+        with session_scope(self.database_url) as s:
+            detail = s.scalar(
+                select(TaskRun.detail).where(
+                    TaskRun.project_id == project_id,
+                    TaskRun.scene_index == scene_index,
+                    TaskRun.task_name == self.name,
+                    TaskRun.outcome == "timeout",
+                )
+            )
+        return None if detail is None else f"an earlier attempt was ended by its hard time limit ({detail})"
+
+    def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        """The pool parent's report of a hard time limit: the child was killed, so record it and go on.
+
+        Failures raised inside the task were recorded by `__call__` already. A hard time limit kills the
+        pool child mid-run and acks the message, so the chain would be lost: the run is closed as `timeout`
+        and the project is queued again at once; the next attempt of an analysis degrades its scene
+        (`after_timeout`), other tasks run again until the poison cap.
+        """
+        if not isinstance(exc, TimeLimitExceeded):
+            return
+        project_id, _ = _ids(args)
+        self._record(task_id, "timeout", f"hard time limit: {exc}")
+        if project_id is None:
+            return
+        from vidpipe_tasks.workflow import enqueue_project
+
+        def requeue() -> None:
+            try:
+                enqueue_project(self.app, self.settings, int(project_id), closing="abandoned: hard time limit")
+            except (LookupError, ValueError, RuntimeError) as err:  # finished, cancelled or queued meanwhile
+                log.info("project %s not queued again after a time limit: %s", project_id, err)
+
+        persist(requeue, self.settings.transient_retry_window, f"requeue of project {project_id}")
 
     def _close(self, s: Any, run: TaskRun | None, task_id: str, args: tuple, outcome: str, detail: str) -> str:
         project_id, scene_index = _ids(args)
@@ -387,12 +438,13 @@ def _has_run(session: Any, task_id: str) -> bool:
 
 
 def _crash_count(session: Any, project_id: int | None, scene_index: int | None, task_name: str) -> int:
-    """Interruptions of one scene's task: starts that found it still running, plus abandoned attempts."""
+    """Interruptions of one scene's task: starts that found it still running, abandoned and timed-out attempts."""
     if project_id is None or scene_index is None:
         return 0
     where = (TaskRun.project_id == project_id, TaskRun.scene_index == scene_index, TaskRun.task_name == task_name)
     crashes = session.scalar(select(func.coalesce(func.sum(TaskRun.crashes), 0)).where(*where))
-    abandoned = session.scalar(select(func.count()).select_from(TaskRun).where(*where, TaskRun.outcome == "abandoned"))
+    ended = TaskRun.outcome.in_(("abandoned", "timeout"))
+    abandoned = session.scalar(select(func.count()).select_from(TaskRun).where(*where, ended))
     return int(crashes) + int(abandoned)
 
 

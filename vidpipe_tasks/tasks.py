@@ -22,7 +22,22 @@ def generate_clip(self: PipelineTask, ref: dict) -> dict:
     return stages.generate_scene(_settings(), int(ref["project_id"]), int(ref["scene_index"]))
 
 
-@app.task(base=PipelineTask, bind=True, name="vidpipe.analyze_clip")
+class AnalysisTask(PipelineTask):
+    """An analysis that hit its hard time limit once is not tried again: its scene degrades (invariant 5)."""
+
+    def after_timeout(self, args: tuple, reason: str) -> dict:
+        from gpu_worker.analysis import degraded_result
+
+        ref = args[0]
+        # Validates the message and marks the analysis started, as a real run would.
+        request = stages.analysis_request(self.settings, ref)
+        ids = {"project_id": ref["project_id"], "scene_index": ref["scene_index"]}
+        if request is None:  # already registered
+            return {**ids, "outcome": "ok", "reason": None, "analysis": {"status": "ok", "duplicate": True}}
+        return {**ids, "outcome": "degraded", "reason": reason, "analysis": degraded_result(reason)}
+
+
+@app.task(base=AnalysisTask, bind=True, name="vidpipe.analyze_clip")
 def analyze_clip(self: PipelineTask, ref: dict) -> dict:
     """Analyse a clip on a CV worker; any failure becomes a degraded result so the chain goes on."""
     settings = _settings()
