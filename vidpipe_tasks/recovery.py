@@ -174,7 +174,9 @@ def recover(
     except Superseded:
         return
     except NothingToRun:
-        # Every scene is done: only the chain's last link was lost.
+        # Every scene is done: only the chain's last link was lost (with the run that was about to send it).
+        with session_scope(settings.database_url) as s:
+            close_open_runs(s, project_id, "abandoned: closed by recovery")
         finalize_project(settings, project_id)
     report.recovered[project_id] = reason
     report.dropped_deliveries += drop_unacked(app, settings, [m for m in messages if m.state == "unacked"])

@@ -97,3 +97,20 @@ def test_a_submitted_project_whose_queueing_failed_is_queued_by_the_sweep(settin
     report = sweep(app, settings, now=NOW + timedelta(seconds=settings.recovery_interval))
     assert list(report.recovered) == [pid] and "no task ever started" in report.recovered[pid]
     assert [m.task for m in broker_messages(app, settings)] == ["vidpipe.generate_clip"]
+
+
+def test_a_chain_lost_after_its_last_scene_is_finalised_and_its_open_run_closed(settings, tmp_path) -> None:
+    from vidpipe_tasks.db.models import Scene, StageStatus
+
+    app = create_app(settings)
+    pid = new_project(settings, tmp_path)
+    lose_chain(settings, app, pid)  # the run left open below is the one that finished the work, then died
+    with session_scope(settings.database_url) as s:
+        for scene in s.scalars(select(Scene).where(Scene.project_id == pid)):
+            scene.generation_status = scene.analysis_status = scene.registry_status = StageStatus.DONE
+    sweep(app, settings, now=NOW)
+    report = sweep(app, settings, now=NOW + timedelta(seconds=settings.recovery_interval))
+    assert list(report.recovered) == [pid] and broker_messages(app, settings) == []
+    with session_scope(settings.database_url) as s:
+        assert s.get(Project, pid).status == ProjectStatus.COMPLETED
+        assert s.scalar(select(TaskRun.outcome).where(TaskRun.task_id == "dead")) == "abandoned"
