@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from vidpipe_tasks import stages
 from vidpipe_tasks.celery_app import app
+from vidpipe_tasks.errors import JobPending
 from vidpipe_tasks.policy import PipelineTask
 from vidpipe_tasks.settings import Settings
 
@@ -17,9 +18,34 @@ def _settings() -> Settings:
 
 @app.task(base=PipelineTask, bind=True, name="vidpipe.generate_clip")
 def generate_clip(self: PipelineTask, ref: dict) -> dict:
-    """Select references from the registry and render one scene's clip."""
+    """Select references from the registry and render one scene's clip (a remote job: submit, then poll)."""
     self.progress("generate", 0, 1)
-    return stages.generate_scene(_settings(), int(ref["project_id"]), int(ref["scene_index"]))
+    try:
+        result = stages.generate_scene(_settings(), int(ref["project_id"]), int(ref["scene_index"]))
+    except JobPending as pending:
+        _poll_later(self, pending)
+    if result.get("skipped"):
+        _drop_scene_links(self)
+    return result
+
+
+# --- Interim, until the lead's policy (issue 8) turns JobPending into a retry itself: delete at merge. ---
+def _poll_later(task: PipelineTask, pending: JobPending) -> None:
+    """Re-queue this task after `poll_after` s; the retried message carries the rest of the chain."""
+    info = pending.progress or {}
+    task.progress("generate", int(info.get("done") or 0), int(info.get("total") or 1), state=info.get("state"))
+    raise task.retry(countdown=pending.poll_after, max_retries=None, exc=pending)
+
+
+def _drop_scene_links(task: PipelineTask) -> None:
+    """A skipped scene (content policy) has no clip: remove its analyze/register links from the chain.
+
+    Celery pops the next link from the end of `request.chain` after this task returns; the scene's own
+    links are the last entries, and the next scene's generate_clip (immutable) follows them.
+    """
+    chain = task.request.chain or []
+    while chain and chain[-1].get("task") in ("vidpipe.analyze_clip", "vidpipe.register_entities"):
+        chain.pop()
 
 
 @app.task(base=PipelineTask, bind=True, name="vidpipe.analyze_clip")

@@ -1,0 +1,78 @@
+"""Start the fake provider servers as their own processes, so a test can kill or restart them like real ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.servers import _wait_port, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class FakeServer:
+    """One fake server process; its counts survive restarts (DIR/submissions.jsonl), its memory does not."""
+
+    module: str
+    root: Path
+    args: list[str] = field(default_factory=list)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *extra: str) -> FakeServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            self.module,
+            "--port",
+            str(self.port),
+            "--root",
+            str(self.root),
+            *self.args,
+            *extra,
+        ]
+        env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(REPO)}
+        log = (self.root / "server.log").open("a")
+        self.process = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        _wait_port(self.port, 30, self.module)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def restart(self, *extra: str) -> None:
+        """Kill and start again on the same port: everything it held in memory is gone."""
+        self.stop()
+        self.start(*extra)
+
+    def submissions(self) -> list[dict]:
+        path = self.root / "submissions.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+    def stats(self) -> dict:
+        return httpx.get(f"{self.url}/fake/stats", timeout=5).json()
+
+
+def fake_comfyui(root: Path, *args: str) -> FakeServer:
+    return FakeServer("tests.fakes.fake_comfyui", root, list(args)).start()
+
+
+def fake_gemini(root: Path, api_key: str, *args: str) -> FakeServer:
+    return FakeServer("tests.fakes.fake_gemini", root, ["--api-key", api_key, *args]).start()
