@@ -8,6 +8,7 @@ from __future__ import annotations
 from vidpipe_tasks import stages
 from vidpipe_tasks.celery_app import app
 from vidpipe_tasks.errors import JobPending
+from vidpipe_tasks.generators import startup  # noqa: F401 - connects the generation worker's start check
 from vidpipe_tasks.policy import PipelineTask
 from vidpipe_tasks.settings import Settings
 

@@ -304,11 +304,27 @@ def resume(app: Celery, settings: Settings, project_id: int, priority: int | Non
 def submit_inputs(
     app: Celery, settings: Settings, inputs: Sequence[StoryboardInput], priority: int | None = None
 ) -> list[int]:
-    """Store and queue already validated storyboards, one project each; returns the project ids in order."""
+    """Store and queue already validated storyboards, one project each; returns the project ids in order.
+
+    Raises:
+        StoryboardError: a project's generator cannot run here (no key, template or server); nothing is stored.
+    """
+    check_generators(settings, inputs)
     ids = [create_project(settings, i.path, i.board, i.source) for i in inputs]
     for project_id in ids:
         enqueue_project(app, settings, project_id, priority)
     return ids
+
+
+def check_generators(settings: Settings, inputs: Sequence[StoryboardInput]) -> None:
+    """Submit-time hook (issue 9): every project's generator is configured, before anything is stored."""
+    from vidpipe_tasks.generators.dispatch import generation_problems
+    from vidpipe_tasks.storyboard import StoryboardError
+
+    boards = [(i.source or str(i.path), i.board.model_dump(mode="json")) for i in inputs]
+    problems = generation_problems(settings, boards)
+    if problems:
+        raise StoryboardError(problems)
 
 
 def submit(app: Celery, settings: Settings, sources: Sequence[str | Path], priority: int | None = None) -> list[int]:

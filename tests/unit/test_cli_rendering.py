@@ -42,7 +42,7 @@ def test_the_table_has_one_aligned_row_per_project() -> None:
         ),
     ]
     lines = render_table(rows).splitlines()
-    assert lines[0].split() == ["ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "AGE"]
+    assert lines[0].split() == ["ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "SPEND", "AGE"]
     assert lines[1].split() == [
         "7",
         "Project",
@@ -54,9 +54,10 @@ def test_the_table_has_one_aligned_row_per_project() -> None:
         "analysis",
         "running",
         "0.88",
+        "$0.00",
         "1m",
     ]
-    assert lines[2].split()[-4:] == ["4/4", "-", "-", "2h"]
+    assert lines[2].split()[-5:] == ["4/4", "-", "-", "$0.00", "2h"]
     assert "A title much longer than the co…" in lines[2]
     assert lines[1].index("RUNNING") == lines[2].index("COMPLETED") == lines[0].index("STATUS")
 

@@ -74,3 +74,38 @@ def save_last_frame(clip: Path, dest: Path) -> Path:
     last.to_image().save(tmp, format="PNG")
     tmp.replace(dest)
     return dest
+
+
+def configured_generators(settings: Settings) -> list[str]:
+    """The default generator plus every remote one that has configuration (a worker must be able to run them)."""
+    names = [settings.generator]
+    if settings.comfyui_servers and "comfyui" not in names:
+        names.append("comfyui")
+    if settings.veo_api_key and "veo" not in names:
+        names.append("veo")
+    return names
+
+
+def generation_problems(settings: Settings, boards: list[tuple[str, dict]]) -> list[tuple[str, str, str]]:
+    """(source, field, reason) for every project whose generator cannot run with these settings.
+
+    Args:
+        settings: the installation.
+        boards: (source, storyboard JSON) of each project about to be submitted.
+
+    """
+    from vidpipe_tasks.generators import validate_generator
+
+    problems, seen = [], {}
+    for source, board in boards:
+        name = board.get("generator") or settings.generator
+        field = "generator" if board.get("generator") else "generator (VIDPIPE_GENERATOR)"
+        if name not in seen:
+            try:
+                validate_generator(settings, name)
+                seen[name] = None
+            except ValueError as exc:
+                seen[name] = str(exc)
+        if seen[name]:
+            problems.append((source, field, seen[name]))
+    return problems
