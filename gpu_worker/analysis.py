@@ -15,6 +15,7 @@ from gpu_worker import continuity as cont
 from gpu_worker.clustering import FaceCluster, best_face, cluster_faces, face_quality
 from gpu_worker.faces.base import DetectedFace, FaceEngine
 from gpu_worker.frames import sample_frames
+from vidpipe_tasks import media
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def _save_crop(frame: np.ndarray, face: DetectedFace, target: Path) -> np.ndarra
     mx, my = int((x2 - x1) * CROP_MARGIN), int((y2 - y1) * CROP_MARGIN)
     crop = np.ascontiguousarray(frame[max(0, y1 - my) : min(h, y2 + my), max(0, x1 - mx) : min(w, x2 + mx)])
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f"{media.temp_prefix(target)}tmp")
     Image.fromarray(crop).save(tmp, format="PNG")
     os.replace(tmp, target)  # a re-run overwrites the same name instead of adding files
     return crop

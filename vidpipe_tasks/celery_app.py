@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from celery import Celery
@@ -16,16 +17,22 @@ TASK_ROUTES: dict[str, str] = {
     "vidpipe.analyze_clip": CV_QUEUE,
     "vidpipe.register_entities": REGISTRY_QUEUE,
     "vidpipe.finalize_project": REGISTRY_QUEUE,
+    "vidpipe.recover_stalled": REGISTRY_QUEUE,
 }
 
-#: Default hard time limits per task, seconds (generation and analysis follow settings); the Redis
-#: visibility timeout must stay above the largest.
-TASK_TIME_LIMITS: dict[str, int] = {
-    "vidpipe.generate_clip": 900,
-    "vidpipe.analyze_clip": 900,
-    "vidpipe.register_entities": 120,
-    "vidpipe.finalize_project": 60,
-}
+#: Hard time limit of the recovery sweep, seconds (the other tasks' limits are settings).
+RECOVERY_TIME_LIMIT = 60
+
+
+def hard_time_limits(settings: Settings) -> dict[str, int]:
+    """Task name -> hard time limit in seconds, from settings; the Redis visibility timeout must exceed each."""
+    return {
+        "vidpipe.generate_clip": settings.generation_time_limit,
+        "vidpipe.analyze_clip": settings.analysis_time_limit,
+        "vidpipe.register_entities": settings.registry_time_limit,
+        "vidpipe.finalize_project": settings.finalize_time_limit,
+        "vidpipe.recover_stalled": RECOVERY_TIME_LIMIT,
+    }
 
 
 def task_time_limits(settings: Settings) -> dict[str, tuple[int, int]]:
@@ -33,15 +40,9 @@ def task_time_limits(settings: Settings) -> dict[str, tuple[int, int]]:
 
     The soft limit (90 % of the hard one) raises SoftTimeLimitExceeded in the task, so an analysis
     degrades its scene instead of failing the project. Celery enforces both in prefork children;
-    solo workers (every CV worker) enforce neither, and policy.solo_soft_time_limit stands in for the
-    soft one there.
+    solo workers enforce neither, and policy.solo_soft_time_limit stands in for the soft one there.
     """
-    hard = {
-        **TASK_TIME_LIMITS,
-        "vidpipe.generate_clip": settings.generation_time_limit,
-        "vidpipe.analyze_clip": settings.analysis_time_limit,
-    }
-    return {name: (max(1, int(limit * 0.9)), limit) for name, limit in hard.items()}
+    return {name: (max(1, int(limit * 0.9)), limit) for name, limit in hard_time_limits(settings).items()}
 
 
 def redis_visibility_options(settings: Settings) -> dict:
@@ -62,6 +63,49 @@ def redis_visibility_options(settings: Settings) -> dict:
         "broker_transport_options": dict(transport),
         "result_backend_transport_options": dict(transport),
         "visibility_timeout": settings.visibility_timeout,
+    }
+
+
+def outage_retry_options(settings: Settings) -> dict:
+    """Publishing (the next link of a chain, a retry) and the result backend wait out an outage.
+
+    Celery's defaults give up on a publish after 3 retries in about 0.6 s and never retry the result
+    backend, so a Redis restart at a chain hand-off lost the chain (shared/notes/faults.md). Both now retry
+    for `transient_retry_window` seconds, polling every few seconds.
+    """
+    interval_max = 2.0
+    retries = math.ceil(settings.transient_retry_window / interval_max) + 2
+    return {
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": retries,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": interval_max,
+        },
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": retries,
+        "result_backend_base_sleep_between_retries_ms": 200,
+        "result_backend_max_sleep_between_retries_ms": int(interval_max * 1000),
+        # The consumer reconnects for as long as it takes (None: forever), and the first connection too.
+        "broker_connection_max_retries": None,
+    }
+
+
+def beat_options(settings: Settings) -> dict:
+    """Celery beat sends the recovery sweep every `recovery_interval` seconds.
+
+    A sweep message that waited longer than one interval expires: the next one is as good.
+    """
+    return {
+        "beat_schedule": {
+            "vidpipe-recover-stalled": {
+                "task": "vidpipe.recover_stalled",
+                "schedule": settings.recovery_interval,
+                "options": {"expires": settings.recovery_interval},
+            }
+        },
+        "beat_schedule_filename": str(settings.home / "celerybeat-schedule"),
     }
 
 
@@ -96,6 +140,8 @@ def celery_config(settings: Settings) -> dict:
         "result_expires": 7 * 24 * 3600,
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
+        **outage_retry_options(settings),
+        **beat_options(settings),
     }
     if settings.is_redis_broker or settings.result_backend.startswith(("redis://", "rediss://")):
         conf.update(redis_visibility_options(settings))

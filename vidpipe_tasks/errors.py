@@ -47,3 +47,11 @@ class JobPending(RuntimeError):
         super().__init__(message)
         self.poll_after = poll_after
         self.progress = progress or {}
+
+
+class SkipDelivery(RuntimeError):
+    """This delivery is out of order or superseded (e.g. an analysis for a scene that has no clip yet).
+
+    The task is acknowledged and its chain stops, changing no state; if the chain really needed it, the
+    recovery sweep resumes the project from its first unfinished scene.
+    """

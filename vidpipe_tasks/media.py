@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from pathlib import Path
 
 
@@ -27,3 +30,56 @@ def absolute(media_root: Path, relative: str) -> Path:
     if not path.is_relative_to(media_root.resolve()):
         raise ValueError(f"path escapes the media root: {relative}")
     return path
+
+
+def temp_prefix(target: Path) -> str:
+    """Prefix of a temp file written beside `target` before its atomic rename: names the writer (host, pid).
+
+    A SIGKILL skips `finally`, so temp files of a killed attempt stay behind; the name lets the next attempt
+    tell them from the temp file of a writer that is still alive (`remove_stale_temps`).
+    """
+    return f".{target.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _writer_alive(name: str) -> bool | None:
+    """True/False for a temp file written on this host by a live/dead pid; None when the name does not say."""
+    parts = name.split(".")
+    writer = next((p for p in parts if p.startswith(socket.gethostname() + "-")), None)
+    if writer is None:
+        return None
+    try:
+        pid = int(writer.rsplit("-", 1)[1])
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(media_root: Path, folder: str, older_than_s: float) -> list[str]:
+    """Delete temp files (`.*.part`, `.*.tmp`) in `folder` left by attempts that are no longer writing.
+
+    A temp file is stale when its writer (named in the file, see `temp_prefix`) is a dead process on this
+    host, or when it has not changed for `older_than_s` seconds (a writer on another host, or an old name).
+
+    Returns:
+        The removed file names.
+
+    """
+    directory = absolute(media_root, folder)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        if not path.name.startswith(".") or path.suffix not in (".part", ".tmp"):
+            continue
+        alive = _writer_alive(path.name)
+        try:
+            stale = alive is False or (alive is None and time.time() - path.stat().st_mtime > older_than_s)
+            if stale:
+                path.unlink()
+                removed.append(path.name)
+        except FileNotFoundError:
+            continue  # its writer renamed or removed it meanwhile
+    return removed

@@ -1,25 +1,35 @@
-"""Cross-cutting task policy in one place: the task-run log, progress events and outcome recording."""
+"""Cross-cutting task policy in one place: run log, leases, retries, redelivery guards, progress, outcomes."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 from billiard.process import current_process
 from celery import Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
-from sqlalchemy import select
+from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded
+from sqlalchemy import func, select, update
 
-from vidpipe_tasks.db.models import TaskRun
+from vidpipe_tasks.db.models import Project, TaskRun
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.errors import ProjectCancelled
+from vidpipe_tasks.errors import JobPending, PermanentStageError, ProjectCancelled, SkipDelivery
+from vidpipe_tasks.transient import backoff_delay, is_transient
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Key of the retry state a transient retry adds to a task's first argument (stripped from results).
+RETRY_KEY = "_retry"
+#: Outcomes after which a run is over; "retrying"/"polling" wait for their retry message.
+FINISHED = ("success", "degraded")
+OPEN = ("running", "retrying", "polling")
 
 
 def _ids(args: tuple) -> tuple[int | None, int | None]:
@@ -27,15 +37,24 @@ def _ids(args: tuple) -> tuple[int | None, int | None]:
     return payload.get("project_id"), payload.get("scene_index")
 
 
+def _epoch(args: tuple) -> int | None:
+    payload = args[0] if args and isinstance(args[0], dict) else {}
+    return payload.get("epoch")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
 @contextmanager
 def solo_soft_time_limit(seconds: float | None) -> Iterator[None]:
     """Raise SoftTimeLimitExceeded in the task after `seconds`, where Celery enforces no limit itself.
 
-    The solo pool (every CV worker: one process owns the GPU and its models) runs tasks on the worker's
-    main thread and ignores time limits. There a SIGALRM timer stands in for the soft limit: the
-    exception surfaces at the next Python instruction, so an analysis degrades instead of holding its
-    GPU until the visibility timeout. Prefork children ("ForkPoolWorker-N") and thread pools keep
-    Celery's own enforcement and are left alone. A native call that never returns is not interrupted.
+    The solo pool runs tasks on the worker's main thread and ignores time limits. There a SIGALRM timer
+    stands in for the soft limit: the exception surfaces at the next Python instruction, so an analysis
+    degrades instead of holding its GPU until the visibility timeout. Prefork children ("ForkPoolWorker-N")
+    and thread pools keep Celery's own enforcement and are left alone. A native call that never returns is
+    not interrupted.
     """
     solo = threading.current_thread() is threading.main_thread() and current_process().name == "MainProcess"
     if not seconds or not solo:
@@ -54,80 +73,335 @@ def solo_soft_time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-class PipelineTask(Task):
-    """Base for vidpipe tasks: records each run (queue, worker, start, finish, outcome) in `task_runs`.
+def persist(write: Callable[[], T], window: float, what: str) -> T | None:
+    """Run a bookkeeping write, waiting out a transient database error for up to `window` seconds.
 
-    The record is written inside `__call__`, so `finished_at` is committed before Celery sends the
-    chain's next message; ordering checks can compare it with the next task's `started_at`.
+    The failure path must never raise (on the solo pool an exception there stops the worker), so after the
+    window this logs and returns None: the recovery sweep repairs whatever the write would have recorded.
+    """
+    deadline = time.monotonic() + window
+    attempt = 0
+    while True:
+        try:
+            return write()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() >= deadline:
+                log.error("could not record %s: %s: %s", what, type(exc).__name__, exc)
+                return None
+            time.sleep(min(backoff_delay(attempt, 0.2, 2.0), max(0.0, deadline - time.monotonic())))
+            attempt += 1
+
+
+def extend_lease(database_url: str, project_id: int, seconds: float) -> None:
+    """Push the project's lease `seconds` into the future (its chain is alive until then)."""
+    with session_scope(database_url) as s:
+        until = now() + timedelta(seconds=seconds)
+        s.execute(update(Project).where(Project.id == project_id).values(lease_until=until))
+
+
+@contextmanager
+def heartbeat(database_url: str, project_id: int | None, interval: float, ttl: float) -> Iterator[None]:
+    """Refresh the project's lease every `interval` seconds while the task runs (a thread; errors ignored)."""
+    if project_id is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                extend_lease(database_url, project_id, ttl)
+            except Exception as exc:  # a database restart: the next beat tries again
+                log.debug("heartbeat for project %s failed: %s", project_id, exc)
+
+    thread = threading.Thread(target=beat, name=f"vidpipe-heartbeat-{project_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
+class PipelineTask(Task):
+    """Base for vidpipe tasks: the one place where retries, leases, guards and the task-run log live.
+
+    * Every run is recorded in `task_runs` inside `__call__`, so `finished_at` is committed before Celery
+      sends the chain's next message (ordering checks compare it with the next task's `started_at`).
+    * A transient infrastructure error (broker, result backend, database) is retried with backoff and jitter
+      for `transient_retry_window` seconds; publishing the next link retries as long (celery_app).
+    * `JobPending` becomes a retry with its countdown: a remote job is polled without holding a worker slot.
+    * `PermanentStageError` and any other exception fail the task for good: `on_failure` marks the scene's
+      stage and the project FAILED with the reason. The failure path never raises.
+    * A delivery from a superseded chain (older epoch) or a redelivery of a finished task whose chain went on
+      is skipped; a task interrupted `max_task_crashes` times fails its project (a poison scene).
+    * While a task runs, a heartbeat keeps its project's lease fresh; the recovery sweep resumes chains whose
+      lease ran out with nothing queued (vidpipe_tasks.recovery).
     """
 
     #: Idempotent by construction, so redelivery after a lost worker is safe.
     acks_late = True
     reject_on_worker_lost = True
+    #: Retries are bounded by the transient window (and polls by the scene deadline), not by a count.
+    max_retries = None
+
+    @property
+    def settings(self):  # noqa: ANN201 - vidpipe_tasks.settings.Settings (kept import-free)
+        return self.app.vidpipe_settings
 
     @property
     def database_url(self) -> str:
-        return self.app.vidpipe_settings.database_url
+        return self.settings.database_url
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
         if task_id is None:  # called directly as a function, not through a worker
             return super().__call__(*args, **kwargs)
-        self._record_start(task_id, args)
+        project_id, _ = _ids(args)
         try:
-            with solo_soft_time_limit(self.soft_time_limit):
+            skip = self._begin(task_id, args)
+            if skip:
+                log.warning("%s[%s] skipped: %s", self.name, task_id, skip)
+                # Ignore acks the message without storing a result or sending the rest of its chain.
+                raise Ignore()
+            with (
+                heartbeat(self.database_url, project_id, self.settings.heartbeat_interval, self.settings.lease_ttl),
+                solo_soft_time_limit(self.soft_time_limit),
+            ):
                 result = super().__call__(*args, **kwargs)
-        except ProjectCancelled as exc:
-            self._record_finish(task_id, "cancelled", str(exc))
-            # Ignore ends this task without failing it and without sending the rest of the chain.
-            raise Ignore() from exc
-        except Exception as exc:
-            self._record_finish(task_id, "failure", f"{type(exc).__name__}: {exc}")
+        except (Ignore, Retry):
             raise
+        except ProjectCancelled as exc:
+            self._record(task_id, "cancelled", str(exc))
+            raise Ignore() from exc
+        except SkipDelivery as exc:
+            log.warning("%s[%s] skipped: %s", self.name, task_id, exc)
+            self._record(task_id, "stale", str(exc))
+            raise Ignore() from exc
+        except JobPending as pending:
+            self._poll_later(task_id, args, kwargs, pending)
+        except PermanentStageError as exc:
+            self._record(task_id, "failure", f"{exc.reason}: {exc}")
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                self._retry_transient(task_id, args, kwargs, exc)
+            self._record(task_id, "failure", f"{type(exc).__name__}: {exc}")
+            raise
+        result = self._carry_epoch(result, args)
         degraded = isinstance(result, dict) and result.get("outcome") == "degraded"
-        self._record_finish(task_id, "degraded" if degraded else "success", result_detail(result))
+        self._record(task_id, "degraded" if degraded else "success", result_detail(result), lease=project_id)
         return result
+
+    # -- guards at the start of a run -------------------------------------------------------------------
+
+    def _begin(self, task_id: str, args: tuple) -> str | None:
+        """Record the start; return why this delivery must be skipped, or None to run it.
+
+        Raises:
+            PermanentStageError: the scene's task was interrupted too often (poison scene).
+
+        """
+        project_id, scene_index = _ids(args)
+        next_id = self._next_task_id()
+        delivery = self.request.delivery_info or {}
+
+        def write() -> str | None:
+            with session_scope(self.database_url) as s:
+                project = s.get(Project, project_id) if project_id is not None else None
+                epoch = _epoch(args)
+                run = s.scalar(select(TaskRun).where(TaskRun.task_id == task_id))
+                if project is not None and epoch is not None and epoch != project.chain_epoch:
+                    return self._close(s, run, task_id, args, "stale", f"chain epoch {epoch} superseded")
+                if run is not None and run.outcome in FINISHED and (next_id is None or _has_run(s, next_id)):
+                    return self._close(s, run, task_id, args, "duplicate", "redelivery of a finished task")
+                if run is None:
+                    run = TaskRun(task_id=task_id, task_name=self.name, attempts=0, retries=0, polls=0, crashes=0)
+                    s.add(run)
+                elif run.outcome == "running":
+                    run.crashes += 1  # the previous start never finished: its worker was lost
+                run.attempts += 1
+                run.project_id, run.scene_index = project_id, scene_index
+                run.queue = delivery.get("routing_key") or delivery.get("queue")
+                run.worker = self.request.hostname
+                run.started_at, run.finished_at, run.outcome, run.detail = now(), None, "running", None
+                if project is not None:
+                    project.lease_until = now() + timedelta(seconds=self.settings.lease_ttl)
+                s.flush()
+                crashes = _crash_count(s, project_id, scene_index, self.name)
+            if scene_index is not None and crashes >= self.settings.max_task_crashes:
+                raise PermanentStageError(
+                    "poison",
+                    f"{self.name.removeprefix('vidpipe.')} of scene {scene_index} was interrupted {crashes} times "
+                    f"(worker lost mid-run; limit VIDPIPE_MAX_TASK_CRASHES={self.settings.max_task_crashes})",
+                )
+            return None
+
+        return _retrying_db(write, self.settings.transient_retry_window)
+
+    def _close(self, s: Any, run: TaskRun | None, task_id: str, args: tuple, outcome: str, detail: str) -> str:
+        project_id, scene_index = _ids(args)
+        if run is None:
+            run = TaskRun(task_id=task_id, task_name=self.name, attempts=0, retries=0, polls=0, crashes=0)
+            run.project_id, run.scene_index, run.started_at = project_id, scene_index, now()
+            s.add(run)
+        if run.outcome not in FINISHED:  # a finished run keeps its outcome; the skip is only logged
+            run.outcome, run.detail, run.finished_at = outcome, detail, now()
+        return detail
+
+    def _next_task_id(self) -> str | None:
+        # Celery keeps the rest of the chain reversed in the message; the next link is the last entry.
+        chain = self.request.chain or []
+        return (chain[-1].get("options") or {}).get("task_id") if chain else None
+
+    # -- retries --------------------------------------------------------------------------------------------
+
+    def _retry_transient(self, task_id: str, args: tuple, kwargs: dict, exc: Exception) -> None:
+        """Schedule a retry with backoff, or return (the caller fails the task) once the window is spent."""
+        settings = self.settings
+        payload = args[0] if args and isinstance(args[0], dict) else {}
+        state = payload.get(RETRY_KEY) or {}
+        since, count = float(state.get("since", time.time())), int(state.get("count", 0))
+        if time.time() - since > settings.transient_retry_window:
+            spent = time.time() - since
+            log.error("%s[%s]: transient errors for %.0f s, giving up: %s", self.name, task_id, spent, exc)
+            return
+        delay = backoff_delay(count, settings.retry_backoff_base, settings.retry_backoff_max)
+        delay = max(delay, float(getattr(exc, "retry_after", None) or 0))
+        detail = f"{type(exc).__name__}: {exc}"[:500]
+        log.warning("%s[%s]: transient error, retry %d in %.1f s: %s", self.name, task_id, count + 1, delay, detail)
+        self._mark_waiting(task_id, args, "retrying", detail, delay, counter="retries")
+        retried = ({**payload, RETRY_KEY: {"since": since, "count": count + 1}}, *args[1:]) if payload else args
+        raise self.retry(args=retried, kwargs=kwargs, countdown=delay, exc=exc)
+
+    def _poll_later(self, task_id: str, args: tuple, kwargs: dict, pending: JobPending) -> None:
+        """Re-send the task after `poll_after` seconds; no slot is held meanwhile and no attempt is counted."""
+        self.progress(self.name.removeprefix("vidpipe."), **{"done": 0, "total": 1, **pending.progress})
+        self._mark_waiting(task_id, args, "polling", str(pending)[:500], pending.poll_after, counter="polls")
+        payload = args[0] if args and isinstance(args[0], dict) else {}
+        fresh = ({k: v for k, v in payload.items() if k != RETRY_KEY}, *args[1:]) if payload else args
+        raise self.retry(args=fresh, kwargs=kwargs, countdown=pending.poll_after)
+
+    def _mark_waiting(self, task_id: str, args: tuple, outcome: str, detail: str, delay: float, counter: str) -> None:
+        project_id, _ = _ids(args)
+
+        def write() -> None:
+            with session_scope(self.database_url) as s:
+                run = s.scalar(select(TaskRun).where(TaskRun.task_id == task_id))
+                if run is not None:
+                    run.outcome, run.detail = outcome, detail
+                    setattr(run, counter, (getattr(run, counter) or 0) + 1)
+                if project_id is not None:
+                    lease = now() + timedelta(seconds=delay + self.settings.lease_ttl)
+                    s.execute(update(Project).where(Project.id == project_id).values(lease_until=lease))
+
+        # Short: the database may be the thing that is down, and the retry must still be sent.
+        persist(write, min(5.0, self.settings.transient_retry_window), f"{outcome} of {task_id}")
+
+    # -- outcomes ---------------------------------------------------------------------------------------------
 
     def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         """A task that failed for good ends its chain: mark the project FAILED so `wait` and `status` say so.
 
-        Not called for a redelivery after a lost worker; `vidpipe resume` restarts a failed project.
+        Never raises: if the database stays down, the project keeps its lease-less RUNNING state and the
+        recovery sweep resumes it (the failure then recurs and is recorded).
         """
         project_id, scene_index = _ids(args)
-        if project_id is not None:
-            from vidpipe_tasks.stages import mark_failed
+        if project_id is None:
+            return
+        from vidpipe_tasks.stages import mark_failed
 
-            mark_failed(
-                self.app.vidpipe_settings, int(project_id), scene_index, self.name, f"{type(exc).__name__}: {exc}"
-            )
+        reason = f"{exc.reason}: {exc}" if isinstance(exc, PermanentStageError) else f"{type(exc).__name__}: {exc}"
+        persist(
+            lambda: mark_failed(self.settings, int(project_id), scene_index, self.name, reason),
+            self.settings.transient_retry_window,
+            f"failure of project {project_id}",
+        )
 
-    def _record_start(self, task_id: str, args: tuple) -> None:
-        project_id, scene_index = _ids(args)
-        delivery = self.request.delivery_info or {}
-        with session_scope(self.database_url) as s:
-            run = s.scalar(select(TaskRun).where(TaskRun.task_id == task_id))
-            if run is None:
-                run = TaskRun(task_id=task_id, task_name=self.name, attempts=0)
-                s.add(run)
-            run.attempts += 1
-            run.project_id, run.scene_index = project_id, scene_index
-            run.queue = delivery.get("routing_key") or delivery.get("queue")
-            run.worker = self.request.hostname
-            run.started_at, run.finished_at, run.outcome, run.detail = datetime.now(UTC), None, "running", None
+    def _record(self, task_id: str, outcome: str, detail: str | None, lease: int | None = None) -> None:
+        def write() -> None:
+            with session_scope(self.database_url) as s:
+                run = s.scalar(select(TaskRun).where(TaskRun.task_id == task_id))
+                if run is not None:
+                    run.finished_at, run.outcome, run.detail = now(), outcome, detail
+                if lease is not None:
+                    # Covers the hand-off: the next link is published right after this returns.
+                    until = now() + timedelta(seconds=self.settings.lease_ttl)
+                    s.execute(update(Project).where(Project.id == lease).values(lease_until=until))
 
-    def _record_finish(self, task_id: str, outcome: str, detail: str | None) -> None:
-        with session_scope(self.database_url) as s:
-            run = s.scalar(select(TaskRun).where(TaskRun.task_id == task_id))
-            if run is not None:
-                run.finished_at, run.outcome, run.detail = datetime.now(UTC), outcome, detail
+        persist(write, self.settings.transient_retry_window, f"{outcome} of {task_id}")
+
+    @staticmethod
+    def _carry_epoch(result: Any, args: tuple) -> Any:
+        """The next link receives this result as its argument: it carries the chain's epoch on."""
+        epoch = _epoch(args)
+        if isinstance(result, dict) and epoch is not None and "epoch" not in result:
+            return {**result, "epoch": epoch}
+        return result
 
     def progress(self, stage: str, done: int, total: int, **info: Any) -> None:
-        """Report progress to the result backend (API clients) and as an event (Flower, `celery events`)."""
-        meta = {"stage": stage, "done": done, "total": total, **info}
+        """Report progress to the result backend (API clients) and as an event (Flower), best effort.
+
+        Progress must never fail or stall the work: a broker or backend outage skips the report (a
+        backend without retries is used, and after a failure reports pause for a few seconds).
+        """
         if self.request.id is None or self.request.is_eager:  # no worker, nobody watching
             return
-        self.update_state(state="PROGRESS", meta=meta)
-        self.send_event("task-progress", **meta)
+        if time.monotonic() < _PROGRESS_PAUSED_UNTIL.get("t", 0.0):
+            return
+        meta = {"stage": stage, "done": done, "total": total, **info}
+        try:
+            quick_backend(self.app).store_result(self.request.id, meta, "PROGRESS", request=self.request)
+            self.send_event("task-progress", retry=False, **meta)
+        except Exception as exc:
+            _PROGRESS_PAUSED_UNTIL["t"] = time.monotonic() + 5.0
+            log.info("progress report skipped (%s: %s)", type(exc).__name__, exc)
+
+
+_PROGRESS_PAUSED_UNTIL: dict[str, float] = {}
+_QUICK_BACKENDS: dict[int, Any] = {}
+
+
+def quick_backend(app: Any) -> Any:
+    """A second result-backend client for progress only: no retries, so an outage costs one failed call."""
+    import os
+
+    key = os.getpid()
+    backend = _QUICK_BACKENDS.get(key)
+    if backend is None:
+        backend = type(app.backend)(app=app, url=app.conf.result_backend)
+        backend.always_retry = False
+        if isinstance(getattr(backend, "retry_policy", None), dict):
+            backend.retry_policy = {**backend.retry_policy, "max_retries": 0}
+        _QUICK_BACKENDS[key] = backend
+    return backend
+
+
+def _retrying_db(write: Callable[[], T], window: float) -> T:
+    """Like `persist`, but a write the task cannot run without: after the window the error propagates."""
+    deadline = time.monotonic() + min(window, 30.0)
+    attempt = 0
+    while True:
+        try:
+            return write()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(backoff_delay(attempt, 0.2, 2.0))
+            attempt += 1
+
+
+def _has_run(session: Any, task_id: str) -> bool:
+    return session.scalar(select(func.count()).select_from(TaskRun).where(TaskRun.task_id == task_id)) > 0
+
+
+def _crash_count(session: Any, project_id: int | None, scene_index: int | None, task_name: str) -> int:
+    """Interruptions of one scene's task: starts that found it still running, plus abandoned attempts."""
+    if project_id is None or scene_index is None:
+        return 0
+    where = (TaskRun.project_id == project_id, TaskRun.scene_index == scene_index, TaskRun.task_name == task_name)
+    crashes = session.scalar(select(func.coalesce(func.sum(TaskRun.crashes), 0)).where(*where))
+    abandoned = session.scalar(select(func.count()).select_from(TaskRun).where(*where, TaskRun.outcome == "abandoned"))
+    return int(crashes) + int(abandoned)
 
 
 def result_detail(result: Any) -> str | None:

@@ -77,6 +77,10 @@ class BrokerMessage:
     chain_ids: list[str] = field(default_factory=list)
     #: Redis unacked-hash field, so a stale delivery can be dropped (resume).
     delivery_tag: str | None = None
+    #: Redis: when the delivery was handed to a worker (epoch seconds, from the unacked index).
+    delivered_at: float | None = None
+    #: The chain epoch the message was queued under (None for messages of an older vidpipe).
+    epoch: int | None = None
 
 
 def decode_message(payload: dict, queue: str, state: str, delivery_tag: str | None = None) -> BrokerMessage | None:
@@ -105,6 +109,7 @@ def decode_message(payload: dict, queue: str, state: str, delivery_tag: str | No
         # Celery keeps the rest of the chain reversed (it pops from the end); list it in run order.
         chain_ids=[s["options"]["task_id"] for s in reversed(chain) if s.get("options", {}).get("task_id")],
         delivery_tag=delivery_tag,
+        epoch=ref.get("epoch") if isinstance(ref.get("epoch"), int) else None,
     )
 
 
@@ -129,10 +134,15 @@ def _redis_messages(app: Celery, settings: Settings) -> list[BrokerMessage]:
             # LPUSH adds on the left and workers RPOP from the right: reversed is oldest first.
             for raw in reversed(client.lrange(layout.key(queue, step), 0, -1)):
                 found.append(decode_message(json.loads(raw), queue, "queued"))
+    index = client.zrange(layout.prefix + layout.unacked_index_key, 0, -1, withscores=True)
+    delivered = {tag.decode(): score for tag, score in index}
     for tag, raw in client.hgetall(layout.prefix + layout.unacked_key).items():
         payload, _exchange, routing_key = json.loads(raw)
         if routing_key in ALL_QUEUES:
-            found.append(decode_message(payload, routing_key, "unacked", tag.decode()))
+            message = decode_message(payload, routing_key, "unacked", tag.decode())
+            if message is not None:
+                message.delivered_at = delivered.get(message.delivery_tag)
+            found.append(message)
     return [m for m in found if m]
 
 

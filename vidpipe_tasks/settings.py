@@ -70,6 +70,27 @@ class Settings:
     #: first gets a soft limit at 90 % of it. Raise them for long or high-resolution scenes.
     generation_time_limit: int = 900
     analysis_time_limit: int = 900
+    #: Hard time limits of the registry commit and of the chain's last link, seconds (they bound the
+    #: visibility-timeout floor together with the two above).
+    registry_time_limit: int = 120
+    finalize_time_limit: int = 60
+    #: How long a task keeps retrying a transient infrastructure error (broker, result backend or database
+    #: down) before it gives up, seconds; publishing the next link of a chain retries for as long.
+    transient_retry_window: int = 300
+    #: Exponential backoff between those retries: first delay and cap, seconds (with full jitter).
+    retry_backoff_base: float = 1.0
+    retry_backoff_max: float = 15.0
+    #: A running task refreshes its project's lease every `heartbeat_interval` seconds; a project whose
+    #: lease is older than `lease_ttl` with nothing queued is a lost chain.
+    heartbeat_interval: float = 5.0
+    lease_ttl: float = 20.0
+    #: How often the beat-driven recovery sweep looks for lost chains, seconds (a lost chain is confirmed
+    #: on two sweeps before it is resumed).
+    recovery_interval: float = 10.0
+    #: A scene task interrupted this many times (worker lost mid-run) fails its project: a poison scene.
+    max_task_crashes: int = 5
+    #: A project recovered automatically this many times fails instead of being resumed again.
+    max_recoveries: int = 10
     #: Redis visibility timeout, seconds: set on the broker, the result backend and the app, and kept
     #: above every task's time limit so a long analysis is never redelivered while it runs.
     visibility_timeout: int = 3600
@@ -116,12 +137,22 @@ class Settings:
             "visibility_timeout",
             "generation_time_limit",
             "analysis_time_limit",
+            "registry_time_limit",
+            "finalize_time_limit",
+            "transient_retry_window",
+            "max_task_crashes",
+            "max_recoveries",
             "generation_max_concurrent",
             "generation_submits_per_minute",
             "scene_deadline_s",
         ):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"VIDPIPE_{field_name.upper()} must be at least 1")
+        for field_name in ("retry_backoff_base", "retry_backoff_max", "heartbeat_interval", "recovery_interval"):
+            if getattr(self, field_name) <= 0:
+                raise ValueError(f"VIDPIPE_{field_name.upper()} must be positive")
+        if self.lease_ttl < 2 * self.heartbeat_interval:
+            raise ValueError("VIDPIPE_LEASE_TTL must be at least twice VIDPIPE_HEARTBEAT_INTERVAL")
 
     @property
     def broker_dir(self) -> Path:

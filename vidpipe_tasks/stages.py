@@ -19,7 +19,7 @@ from vidpipe_tasks.db.models import (
     StageStatus,
 )
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.errors import PermanentStageError, ProjectCancelled
+from vidpipe_tasks.errors import PermanentStageError, ProjectCancelled, SkipDelivery
 from vidpipe_tasks.generators.base import CharacterSpec, ClipRequest
 from vidpipe_tasks.generators.dispatch import GenerationPlan, plan_for, render, save_last_frame
 from vidpipe_tasks.registry import character_assets, register_scene, select_references
@@ -89,6 +89,9 @@ def generate_scene(settings: Settings, project_id: int, scene_index: int) -> dic
     """
     with session_scope(settings.database_url) as s:
         scene = load_scene(s, project_id, scene_index)
+        _remove_temps_of_killed_attempts(settings, media.scene_dir(project_id, scene_index))
+        if scene.clip is None:
+            _adopt_orphan_clip(settings, scene)
         if _complete_clip(settings, scene):
             log.info("project %s scene %s: reusing stored clip %s", project_id, scene_index, scene.clip.path)
             _mark_generated(scene)
@@ -115,6 +118,42 @@ def generate_scene(settings: Settings, project_id: int, scene_index: int) -> dic
         _mark_generated(scene)
         s.flush()
         return scene_ref(scene)
+
+
+def _remove_temps_of_killed_attempts(settings: Settings, folder: str) -> None:
+    removed = media.remove_stale_temps(settings.media_root, folder, older_than_s=settings.lease_ttl)
+    if removed:
+        log.info("removed %d temp file(s) of an interrupted attempt in %s: %s", len(removed), folder, removed)
+
+
+def _adopt_orphan_clip(settings: Settings, scene: Scene) -> None:
+    """Record a clip file that has no row, instead of rendering (and paying for) the scene again.
+
+    Files appear only by atomic rename, so the render finished; the database write after it did not.
+    """
+    relative = media.clip_path(scene.project_id, scene.scene_index)
+    path = media.absolute(settings.media_root, relative)
+    if not path.is_file():
+        return
+    from vidpipe_tasks.generators.probe import probe_clip  # PyAV stays off the registry path
+
+    try:
+        frames, fps, width, height = probe_clip(path)
+    except Exception as exc:  # unreadable: render it again (the generator replaces it atomically)
+        log.warning("orphan clip %s is unreadable (%s); rendering the scene again", relative, exc)
+        return
+    log.info("project %s scene %s: adopting orphan clip %s", scene.project_id, scene.scene_index, relative)
+    scene.clip = Clip(
+        scene_id=scene.id,
+        path=relative,
+        size_bytes=path.stat().st_size,
+        frame_count=frames,
+        fps=fps,
+        width=width,
+        height=height,
+        generator=settings.generator,
+        appearances={"reconciled": "orphan clip adopted after a lost database write"},
+    )
 
 
 def _scene_clip_request(settings: Settings, session: Session, scene: Scene, plan: GenerationPlan) -> ClipRequest:
@@ -188,11 +227,24 @@ def _clip_request(
     )
 
 
-def analysis_request(settings: Settings, ref: dict) -> dict:
-    """Build the CV worker's input from the registry: what to look for and where to write crops."""
+def analysis_request(settings: Settings, ref: dict) -> dict | None:
+    """Build the CV worker's input from the registry: what to look for and where to write crops.
+
+    Returns None for a scene already registered (a duplicate delivery).
+
+    Raises:
+        SkipDelivery: the scene has no clip yet (an out-of-order delivery).
+
+    """
     with session_scope(settings.database_url) as s:
         scene = load_scene(s, ref["project_id"], ref["scene_index"])
+        if scene.clip is None:
+            raise SkipDelivery(f"analysis of scene {scene.scene_index} delivered before its clip exists")
+        if scene.scene_manifest is not None and scene.scene_manifest.registered_at is not None:
+            # A redelivery after the scene was committed: nothing to analyse, and no finished state to touch.
+            return None
         scene.analysis_status = StageStatus.RUNNING
+        _remove_temps_of_killed_attempts(settings, media.crops_dir(scene.project_id, scene.scene_index))
         registry = [
             {
                 "asset_id": a.id,
@@ -272,7 +324,11 @@ def finalize_project(settings: Settings, project_id: int) -> dict:
 
 
 #: Which scene stage a task's failure marks FAILED.
-_STAGE_OF_TASK = {"vidpipe.generate_clip": "generation_status", "vidpipe.register_entities": "registry_status"}
+_STAGE_OF_TASK = {
+    "vidpipe.generate_clip": "generation_status",
+    "vidpipe.analyze_clip": "analysis_status",
+    "vidpipe.register_entities": "registry_status",
+}
 
 
 def mark_failed(settings: Settings, project_id: int, scene_index: int | None, task_name: str, reason: str) -> None:
@@ -287,3 +343,4 @@ def mark_failed(settings: Settings, project_id: int, scene_index: int | None, ta
         scene = next((sc for sc in project.scenes if sc.scene_index == scene_index), None)
         if field and scene is not None:
             setattr(scene, field, StageStatus.FAILED)
+            scene.failure_reason = reason[:2000]

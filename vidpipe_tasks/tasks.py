@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from vidpipe_tasks import stages
 from vidpipe_tasks.celery_app import app
-from vidpipe_tasks.errors import JobPending
 from vidpipe_tasks.generators import startup  # noqa: F401 - connects the generation worker's start check
 from vidpipe_tasks.policy import PipelineTask
 from vidpipe_tasks.settings import Settings
@@ -21,21 +20,11 @@ def _settings() -> Settings:
 def generate_clip(self: PipelineTask, ref: dict) -> dict:
     """Select references from the registry and render one scene's clip (a remote job: submit, then poll)."""
     self.progress("generate", 0, 1)
-    try:
-        result = stages.generate_scene(_settings(), int(ref["project_id"]), int(ref["scene_index"]))
-    except JobPending as pending:
-        _poll_later(self, pending)
+    # A remote job raises JobPending while it runs: the policy re-queues this task with a countdown.
+    result = stages.generate_scene(_settings(), int(ref["project_id"]), int(ref["scene_index"]))
     if result.get("skipped"):
         _drop_scene_links(self)
     return result
-
-
-# --- Interim, until the lead's policy (issue 8) turns JobPending into a retry itself: delete at merge. ---
-def _poll_later(task: PipelineTask, pending: JobPending) -> None:
-    """Re-queue this task after `poll_after` s; the retried message carries the rest of the chain."""
-    info = pending.progress or {}
-    task.progress("generate", int(info.get("done") or 0), int(info.get("total") or 1), state=info.get("state"))
-    raise task.retry(countdown=pending.poll_after, max_retries=None, exc=pending)
 
 
 def _drop_scene_links(task: PipelineTask) -> None:
@@ -54,6 +43,9 @@ def analyze_clip(self: PipelineTask, ref: dict) -> dict:
     """Analyse a clip on a CV worker; any failure becomes a degraded result so the chain goes on."""
     settings = _settings()
     request = stages.analysis_request(settings, ref)
+    ids = {"project_id": ref["project_id"], "scene_index": ref["scene_index"]}
+    if request is None:  # already registered: register_entities will return the stored summary
+        return {**ids, "outcome": "ok", "reason": None, "analysis": {"status": "ok", "duplicate": True}}
     # Imported here so CPU workers and the client never load the CV stack.
     from gpu_worker.analysis import PROGRESS_STEPS
     from gpu_worker.service import analyze_for_registry
@@ -63,7 +55,6 @@ def analyze_clip(self: PipelineTask, ref: dict) -> dict:
         request, settings, progress=lambda step, done, total: self.progress("analyze", done, total, step=step)
     )
     outcome = "ok" if analysis["status"] == "ok" else "degraded"
-    ids = {"project_id": ref["project_id"], "scene_index": ref["scene_index"]}
     return {**ids, "outcome": outcome, "reason": analysis.get("reason"), "analysis": analysis}
 
 
@@ -77,3 +68,11 @@ def register_entities(self: PipelineTask, payload: dict) -> dict:
 def finalize_project(self: PipelineTask, ref: dict) -> dict:
     """Mark the project completed after its last scene."""
     return stages.finalize_project(_settings(), int(ref["project_id"]))
+
+
+@app.task(base=PipelineTask, bind=True, name="vidpipe.recover_stalled")
+def recover_stalled(self: PipelineTask) -> dict:
+    """Beat's sweep: resume projects whose chain was lost (nothing running, nothing queued, not finished)."""
+    from vidpipe_tasks.recovery import sweep
+
+    return sweep(self.app, _settings()).as_dict()

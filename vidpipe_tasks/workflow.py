@@ -6,12 +6,12 @@ import io
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from celery import Celery, chain
 from celery.canvas import Signature
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from vidpipe_tasks import media
@@ -118,7 +118,12 @@ def create_project(settings: Settings, path: Path, board: Storyboard, source: st
 
 
 def build_chain(
-    app: Celery, project_id: int, scene_indices: list[int], with_analysis: bool, priority: int | None = None
+    app: Celery,
+    project_id: int,
+    scene_indices: list[int],
+    with_analysis: bool,
+    priority: int | None = None,
+    epoch: int | None = None,
 ) -> Signature:
     """One flat chain for a project.
 
@@ -129,15 +134,18 @@ def build_chain(
 
     `priority` is set on every task: a chain's `apply_async(priority=...)` reaches only its first task
     (Celery's `task_inherit_parent_priority` is off), and a project keeps its place for all its scenes.
+    `epoch` (the project's chain epoch) travels in every message, so a task of a superseded chain stops.
     """
     steps: list[Signature] = []
+    stamp = {} if epoch is None else {"epoch": epoch}
     for index in scene_indices:
-        ref = {"project_id": project_id, "scene_index": index}
+        ref = {"project_id": project_id, "scene_index": index, **stamp}
         steps.append(app.signature("vidpipe.generate_clip", args=(ref,), immutable=True))
         if with_analysis:
             steps.append(app.signature("vidpipe.analyze_clip"))
             steps.append(app.signature("vidpipe.register_entities"))
-    steps.append(app.signature("vidpipe.finalize_project", args=({"project_id": project_id},), immutable=True))
+    final = {"project_id": project_id, **stamp}
+    steps.append(app.signature("vidpipe.finalize_project", args=(final,), immutable=True))
     if priority is not None:
         for step in steps:
             step.set(priority=priority)
@@ -156,11 +164,31 @@ class NothingToRun(ValueError):
     """Every scene of the project is already through its last stage."""
 
 
-def enqueue_project(app: Celery, settings: Settings, project_id: int, priority: int | None = None) -> str:
+class Superseded(RuntimeError):
+    """Another resume or recovery queued this project's chain first (its epoch moved on)."""
+
+
+def enqueue_project(
+    app: Celery,
+    settings: Settings,
+    project_id: int,
+    priority: int | None = None,
+    *,
+    expected_epoch: int | None = None,
+    closing: str = "abandoned: superseded by a new chain",
+) -> str:
     """Queue the chain from the first scene not yet through its last stage; returns the root task id.
 
-    Used by submit and by resume: every task is idempotent, so re-running a scene that was half done
-    (clip stored, analysis lost) completes it without duplicating anything.
+    Used by submit, resume and recovery: every task is idempotent, so re-running a scene that was half done
+    (clip stored, analysis lost) completes it without duplicating anything. In the same transaction the
+    project's chain epoch moves on (tasks of the old chain stop themselves when delivered), attempts the
+    run log still shows open are closed as abandoned, and stages left RUNNING go back to PENDING.
+
+    Raises:
+        LookupError: no such project.
+        NothingToRun: every scene is through its last stage.
+        Superseded: `expected_epoch` was given and another enqueue moved the epoch first.
+
     """
     with session_scope(settings.database_url) as s:
         project = s.get(Project, project_id)
@@ -169,16 +197,54 @@ def enqueue_project(app: Celery, settings: Settings, project_id: int, priority: 
         scenes = _pending_scenes(project)
         if not scenes:
             raise NothingToRun(f"project {project_id} has no scene left to run")
+        epoch = _advance_epoch(s, project, expected_epoch)
+        close_open_runs(s, project_id, closing)
+        _reset_running_stages(project, scenes)
         with_analysis = project.manifest_id is not None
         if project.status != ProjectStatus.PENDING:
             # Committed before anything is sent: a cancelled project's tasks would otherwise stop themselves.
             project.status, project.finished_at = ProjectStatus.RUNNING, None
-    result = build_chain(app, project_id, scenes, with_analysis, priority).apply_async()
+        project.lease_until = datetime.now(UTC) + timedelta(seconds=settings.lease_ttl)
+        project.stall_suspected_at = None
+    result = build_chain(app, project_id, scenes, with_analysis, priority, epoch).apply_async()
     while result.parent is not None:
         result = result.parent
     with session_scope(settings.database_url) as s:
         s.get(Project, project_id).chain_root_id = result.id
     return result.id
+
+
+def _advance_epoch(session: Session, project: Project, expected: int | None) -> int:
+    """Move the chain epoch on by one with a compare-and-swap, so two recoveries never both queue a chain."""
+    current = project.chain_epoch if expected is None else expected
+    moved = session.execute(
+        update(Project)
+        .where(Project.id == project.id, Project.chain_epoch == current)
+        .values(chain_epoch=current + 1)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if moved != 1:
+        raise Superseded(f"project {project.id}: its chain was queued again meanwhile")
+    session.refresh(project)
+    return current + 1
+
+
+def close_open_runs(session: Session, project_id: int, detail: str) -> int:
+    """Mark the project's runs still open in the log (running, retrying, polling) as abandoned."""
+    return session.execute(
+        update(TaskRun)
+        .where(TaskRun.project_id == project_id, TaskRun.outcome.in_(("running", "retrying", "polling")))
+        .values(outcome="abandoned", detail=detail[:500], finished_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
+def _reset_running_stages(project: Project, scenes: list[int]) -> None:
+    for scene in project.scenes:
+        if scene.scene_index in scenes:
+            for field_name in ("generation_status", "analysis_status", "registry_status"):
+                if getattr(scene, field_name) == StageStatus.RUNNING:
+                    setattr(scene, field_name, StageStatus.PENDING)
 
 
 def cancel_project(settings: Settings, project_id: int) -> str:
@@ -293,7 +359,7 @@ def resume(app: Celery, settings: Settings, project_id: int, priority: int | Non
         raise StillQueued(
             f"project {project_id} is not stalled: {m.task} (scene {m.scene_index}) is waiting on queue {m.queue}"
         )
-    root_id = enqueue_project(app, settings, project_id, priority)
+    root_id = enqueue_project(app, settings, project_id, priority, closing="abandoned: closed by vidpipe resume")
     # A dead worker's delivery would come back after the visibility timeout and re-run scenes already
     # resumed; drop it only once the new chain is queued (its own deliveries have other tags).
     stale = [m for m in messages if m.state == "unacked"]

@@ -78,7 +78,8 @@ def test_resume_completes_a_project_whose_worker_died_mid_task_without_duplicate
                 TaskRun.task_name == "vidpipe.generate_clip", TaskRun.scene_index == run.scene_index
             )
         ).all()
-    assert lost.outcome == "running" and "success" in redo  # the killed run never finished; the resumed one did
+    # The killed run never finished: resume closed it as abandoned; the resumed one succeeded.
+    assert lost.outcome == "abandoned" and "success" in redo
     assert vidpipe(settings, "resume", str(project)).returncode == 1  # nothing left to run
 
 

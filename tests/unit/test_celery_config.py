@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from vidpipe_tasks.celery_app import TASK_ROUTES, TASK_TIME_LIMITS, celery_config, create_app
+from vidpipe_tasks.celery_app import TASK_ROUTES, celery_config, create_app, hard_time_limits
 from vidpipe_tasks.settings import ALL_QUEUES, CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, load_settings
 from vidpipe_tasks.workflow import build_chain
 
@@ -24,6 +24,7 @@ def test_analysis_routes_to_the_cv_queue_and_nothing_else_does(tmp_path) -> None
         "vidpipe.analyze_clip": CV_QUEUE,
         "vidpipe.register_entities": REGISTRY_QUEUE,
         "vidpipe.finalize_project": REGISTRY_QUEUE,
+        "vidpipe.recover_stalled": REGISTRY_QUEUE,
     }
 
 
@@ -34,7 +35,7 @@ def test_queues_are_explicit_and_never_created_implicitly(tmp_path) -> None:
     assert conf["accept_content"] == ["json"] and conf["task_serializer"] == "json"
     assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"] and conf["worker_prefetch_multiplier"] == 1
     assert conf["worker_send_task_events"] and conf["task_send_sent_event"]
-    assert set(TASK_TIME_LIMITS) == set(TASK_ROUTES)
+    assert set(hard_time_limits(load_settings({"VIDPIPE_HOME": str(tmp_path)}))) == set(TASK_ROUTES)
 
 
 def test_the_embedded_broker_uses_absolute_folders(tmp_path) -> None:
@@ -74,7 +75,7 @@ def test_generation_and_analysis_limits_follow_settings_with_a_soft_limit_first(
     settings = replace(load_settings({"VIDPIPE_HOME": str(tmp_path)}), analysis_time_limit=1200)
     annotations = celery_config(settings)["task_annotations"]
     assert annotations["vidpipe.analyze_clip"] == {"time_limit": 1200, "soft_time_limit": 1080}
-    assert annotations["vidpipe.register_entities"]["time_limit"] == TASK_TIME_LIMITS["vidpipe.register_entities"]
+    assert annotations["vidpipe.register_entities"]["time_limit"] == settings.registry_time_limit
     on_redis = replace(settings, broker_url="redis://127.0.0.1:6379/0", visibility_timeout=1000)
     with pytest.raises(ValueError, match="must exceed the longest task time limit"):
         celery_config(on_redis)

@@ -20,7 +20,7 @@ from tornado.options import options as flower_options
 
 from gpu_worker.launcher import Launcher, discover_gpus, plan_slots
 from tests.conftest import REPO
-from vidpipe_tasks.celery_app import TASK_ROUTES, TASK_TIME_LIMITS, celery_config
+from vidpipe_tasks.celery_app import TASK_ROUTES, celery_config, hard_time_limits
 from vidpipe_tasks.cli import build_parser
 from vidpipe_tasks.flower import MAX_TASKS as VIDPIPE_FLOWER_MAX_TASKS
 from vidpipe_tasks.settings import ALL_QUEUES, CV_QUEUE, Settings, load_settings
@@ -33,6 +33,7 @@ DOCKER = DEPLOY / "docker"
 FLOWER_CONFIG = DEPLOY / "flower" / "flowerconfig.py"
 
 SETTING_NAMES = {f"VIDPIPE_{f.name.upper()}" for f in fields(Settings)}
+TASK_TIME_LIMITS = hard_time_limits(load_settings({}))
 LONGEST_TIME_LIMIT = max(TASK_TIME_LIMITS.values())
 #: How long the CV launcher waits for its workers after SIGTERM before killing them.
 LAUNCHER_STOP_WAIT_S = inspect.signature(Launcher.run).parameters["stop_timeout_s"].default

@@ -112,6 +112,17 @@ class Project(Base):
     storyboard_json: Mapped[dict] = mapped_column(JSON)
     #: Id of the first task of the chain last queued for this project.
     chain_root_id: Mapped[str | None] = mapped_column(String(64))
+    #: Bumped each time a chain is queued (submit, resume, recovery); every message carries the epoch it
+    #: was queued under, and a task from an older chain stops itself (a superseded delivery).
+    chain_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    #: Refreshed by the heartbeat of every running task (and by a scheduled retry); past it, with nothing
+    #: queued, the chain is lost and the recovery sweep resumes it.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: When a sweep first saw the chain lost; a second sweep confirms it before resuming.
+    stall_suspected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Automatic recoveries so far, and why the last one happened.
+    recoveries: Mapped[int] = mapped_column(Integer, default=0)
+    recovery_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -137,6 +148,8 @@ class Scene(Base):
     generation_status: Mapped[StageStatus] = mapped_column(_enum(StageStatus), default=StageStatus.PENDING)
     analysis_status: Mapped[StageStatus] = mapped_column(_enum(StageStatus), default=StageStatus.PENDING)
     registry_status: Mapped[StageStatus] = mapped_column(_enum(StageStatus), default=StageStatus.PENDING)
+    #: Why a stage of this scene FAILED: "<reason>: <message>" (e.g. "poison: ...", "content_policy: ...").
+    failure_reason: Mapped[str | None] = mapped_column(Text)
 
     project: Mapped[Project] = relationship(back_populates="scenes")
     clip: Mapped[Clip | None] = relationship(back_populates="scene")
@@ -220,10 +233,18 @@ class TaskRun(Base):
     scene_index: Mapped[int | None] = mapped_column(Integer)
     queue: Mapped[str | None] = mapped_column(String(50))
     worker: Mapped[str | None] = mapped_column(String(200))
+    #: Times a worker started this task id (redeliveries and retries included).
     attempts: Mapped[int] = mapped_column(Integer, default=1)
+    #: Retries scheduled after a transient infrastructure error, polls of a remote job, and starts that
+    #: found the previous run still marked running (its worker was lost mid-run).
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    polls: Mapped[int] = mapped_column(Integer, default=0)
+    crashes: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    #: "running", "success", "degraded", "failure", "cancelled".
+    #: "running"; "retrying" or "polling" (a retry is scheduled); "success", "degraded", "failure",
+    #: "cancelled"; "stale" (from a superseded chain) or "duplicate" (a redelivery of a finished task whose
+    #: chain went on), both skipped; "abandoned" (closed by resume or recovery: its worker was lost).
     outcome: Mapped[str] = mapped_column(String(20), default="running")
     detail: Mapped[str | None] = mapped_column(Text)
 

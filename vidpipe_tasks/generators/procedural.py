@@ -17,6 +17,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from vidpipe_tasks import media
 from vidpipe_tasks.generators.base import CharacterSpec, ClipInfo, ClipRequest
 from vidpipe_tasks.generators.stock import (
     INVENTED_FACE_POOL,
@@ -294,7 +295,7 @@ class ProceduralGenerator:
 
     def _encode_atomically(self, frames: _Frames, output: Path) -> None:
         # Temp file in the same folder so os.replace is an atomic rename on the same filesystem.
-        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=media.temp_prefix(output), suffix=".part")
         os.close(fd)
         try:
             self._encode(frames, tmp_name)

@@ -1,15 +1,15 @@
 """Provider jobs of remote generators (ComfyUI prompts, Veo operations), one per scene and attempt.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0003
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-# The lead re-chains this after 0003/0004 at merge time.
-down_revision = "0002"
+# Chained after the lead's 0003 (merged from main); re-chain after 0004 when that lands.
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
