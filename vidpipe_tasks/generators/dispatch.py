@@ -54,7 +54,10 @@ def render(settings: Settings, plan: GenerationPlan, request: ClipRequest) -> Cl
         return get_generator(plan.generator).generate(request)
     from vidpipe_tasks.generators.remote import RemoteGenerator
 
-    return RemoteGenerator(settings, remote_adapter(settings, plan.generator), plan.budget_usd).generate(request)
+    adapter = remote_adapter(settings, plan.generator)
+    # A project may name a generator this worker was not started for: refuse it for good, not retry it.
+    adapter.validate()
+    return RemoteGenerator(settings, adapter, plan.budget_usd).generate(request)
 
 
 def save_last_frame(clip: Path, dest: Path) -> Path:
