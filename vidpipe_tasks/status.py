@@ -93,6 +93,7 @@ def _scene(scene, runs: list[TaskRun], jobs: list[GenerationJob] = ()) -> dict:
         "continuity_components": continuity.get("components", {}),
         "continuity_missing": continuity.get("missing", []),
         "degraded_reason": sm.degraded_reason if sm else None,
+        "failure_reason": scene.failure_reason,
         "engines": _engines(analysis.get("engine")),
         "registered_at": _iso(sm.registered_at if sm else None),
         "tasks": [_task(r) for r in runs if r.scene_index == scene.scene_index],

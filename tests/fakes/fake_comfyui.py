@@ -149,6 +149,8 @@ class FakeComfy:
         if self.reject_429 > 0:
             self.reject_429 -= 1
             self.stats["rejected_429"] += 1
+            with (self.root / "rejections.jsonl").open("a") as log:
+                log.write(json.dumps({"prompt_id": body.get("prompt_id"), "time": time.time()}) + "\n")
             return 429, {"error": "rate limited (fake)"}, {"Retry-After": f"{self.retry_after:g}"}
         if "prompt" not in body:
             error = {

@@ -61,15 +61,18 @@ class FakeGemini:
     def predict(self, model: str, body: dict) -> tuple[int, dict, dict]:
         if model not in MODELS:
             return 404, _error(404, "NOT_FOUND", f"models/{model} is not found for API version v1beta"), {}
+        instances = body.get("instances") or []
+        prompt = instances[0].get("prompt", "") if instances else ""
         if self.reject_429 > 0:
             self.reject_429 -= 1
             self.stats["rejected_429"] += 1
+            with (self.root / "rejections.jsonl").open("a") as log:
+                log.write(json.dumps({"prompt": prompt, "time": time.time()}) + "\n")
             return (
                 429,
                 _error(429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota)."),
                 {"Retry-After": f"{self.retry_after:g}"},
             )
-        instances = body.get("instances") or []
         if len(instances) != 1 or not instances[0].get("prompt"):
             return 400, _error(400, "INVALID_ARGUMENT", "instances[0].prompt is required"), {}
         params = body.get("parameters") or {}
@@ -85,7 +88,7 @@ class FakeGemini:
             self.operations[name] = op
             self.stats["accepted"] += 1
             with (self.root / "submissions.jsonl").open("a") as log:
-                log.write(json.dumps({"operation": name, "time": time.time()}) + "\n")
+                log.write(json.dumps({"operation": name, "prompt": prompt, "time": time.time()}) + "\n")
         threading.Thread(target=self._run, args=(op, instances[0], params), daemon=True).start()
         return 200, {"name": name}, {}
 

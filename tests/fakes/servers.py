@@ -63,7 +63,15 @@ class FakeServer:
         self.start(*extra)
 
     def submissions(self) -> list[dict]:
-        path = self.root / "submissions.jsonl"
+        """Every request the server accepted (a job it will run and bill), across restarts."""
+        return self._log("submissions.jsonl")
+
+    def rejections(self) -> list[dict]:
+        """Every submission answered with 429."""
+        return self._log("rejections.jsonl")
+
+    def _log(self, name: str) -> list[dict]:
+        path = self.root / name
         return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
     def stats(self) -> dict:
