@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -234,27 +235,31 @@ class ComfyUIAdapter:
 
     def poll(self, server: str, job_id: str) -> Poll:
         progress = self._watch(server, job_id)
-        history = self._get_json(server, f"/history/{job_id}")
-        entry = history.get(job_id)
-        if entry is not None:
-            status = entry.get("status") or {}
-            if status.get("status_str") == "error" or status.get("completed") is False:
-                message, detail = execution_error(entry)
-                return Poll("failed", message=message, detail=detail)
-            output = video_output(entry)
-            if output is None:
-                return Poll("failed", message="the prompt finished without saving a video (no SaveVideo output)")
-            return Poll("succeeded", outputs=output)
+        finished = self._finished(server, job_id)
+        if finished is not None:
+            return finished
         # /history stays empty until the prompt has run: ask the queue whether it is waiting or running.
         queue = self._get_json(server, "/queue")
         if any(len(item) > 1 and item[1] == job_id for item in queue.get("queue_running", [])):
             return Poll("running", progress=progress)
         if any(len(item) > 1 and item[1] == job_id for item in queue.get("queue_pending", [])):
             return Poll("queued", progress=progress)
-        if progress.get("state") == "done":
-            # Finished between the two reads: the next poll finds it in /history.
-            return Poll("running", progress=progress)
-        return Poll("lost")
+        # Not queued: it may have finished between the two reads, so look at /history once more.
+        return self._finished(server, job_id) or Poll("lost")
+
+    def _finished(self, server: str, job_id: str) -> Poll | None:
+        """The outcome recorded in /history/{prompt_id}, or None while it has none."""
+        entry = self._get_json(server, f"/history/{job_id}").get(job_id)
+        if entry is None:
+            return None
+        status = entry.get("status") or {}
+        if status.get("status_str") == "error" or status.get("completed") is False:
+            message, detail = execution_error(entry)
+            return Poll("failed", message=message, detail=detail)
+        output = video_output(entry)
+        if output is None:
+            return Poll("failed", message="the prompt finished without saving a video (no SaveVideo output)")
+        return Poll("succeeded", outputs=output)
 
     def download(self, server: str, job_id: str, outputs: dict, dest: Path) -> None:
         params = {k: outputs.get(k, "") for k in ("filename", "subfolder", "type")}
@@ -309,11 +314,12 @@ class ComfyUIAdapter:
 
         url = server.replace("http", "ws", 1) + f"/ws?clientId={_client_id(job_id)}"
         progress: dict = {}
+        until = time.monotonic() + WS_WATCH_S
         try:
             with connect(url, open_timeout=2, close_timeout=1) as ws:
-                while True:
+                while (left := until - time.monotonic()) > 0:
                     try:
-                        raw = ws.recv(timeout=WS_WATCH_S)
+                        raw = ws.recv(timeout=left)
                     except TimeoutError:
                         return progress
                     if not isinstance(raw, str):

@@ -111,7 +111,9 @@ class VeoAdapter:
         )
         operation = self._call(
             lambda: self.client.models.generate_videos(
-                model=self.model, prompt=prompting.scene_prompt(request), image=image, config=config
+                model=self.model,
+                source=types.GenerateVideosSource(prompt=prompting.scene_prompt(request), image=image),
+                config=config,
             ),
             submitting=True,
         )
