@@ -112,6 +112,12 @@ def remote_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteRun]:
             settings,
             storyboard(boards, "budget", "comfyui", [{"description": "one"}, {"description": "two"}], budget_usd=0.10),
         ),
+        "chained": submit(
+            settings,
+            storyboard(
+                boards, "chained", "comfyui", [{"description": "one"}, {"description": "two"}], chain_first_frame=True
+            ),
+        ),
     }
     logs = settings.home / "logs"
     workers = [
@@ -214,6 +220,20 @@ def test_the_budget_stops_the_project_before_the_job_that_would_exceed_it(remote
     assert "$0.06" in table
 
 
+def test_first_frame_chaining_sends_the_previous_scenes_last_frame_as_the_start_image(remote_run: RemoteRun) -> None:
+    import av
+    import numpy as np
+
+    assert remote_run.states["chained"] == "COMPLETED"
+    project, inputs = remote_run.projects["chained"], remote_run.comfy.root / "input"
+    assert not list(inputs.glob(f"vidpipe-p{project}-s1-*"))  # scene 1: no references, nothing to chain from
+    clip = load_status(remote_run.settings, project)["scenes"][0]["clip_path"]
+    with av.open(str(remote_run.settings.media_root / clip)) as container:
+        *_, last = container.decode(video=0)
+    with Image.open(inputs / f"vidpipe-p{project}-s2-start_image.png") as start:
+        assert np.array_equal(np.asarray(start.convert("RGB")), np.asarray(last.to_image()))
+
+
 # --- a generation worker killed while its job polls; a ComfyUI server that restarts ----------------------------
 
 
@@ -272,3 +292,38 @@ def test_a_comfyui_restart_that_forgets_the_job_gets_exactly_one_resubmission(sl
     assert (row.state, row.resubmissions) == ("downloaded", 1) and row.job_id != first.job_id
     assert [s["prompt_id"] for s in comfy.submissions()] == [first.job_id, row.job_id]
     assert row.cost_estimate == pytest.approx(2 * first.cost_estimate)
+
+
+def test_content_policy_can_skip_the_scene_and_let_the_chain_go_on(tmp_path: Path) -> None:
+    gemini = fake_gemini(tmp_path / "gemini", API_KEY, "--job-seconds", "0.5")
+    settings = make_settings(
+        tmp_path / "work",
+        veo_api_key=API_KEY,
+        veo_base_url=f"{gemini.url}/",
+        generation_poll_s=0.3,
+        content_policy="skip-scene",
+    )
+    scenes = [
+        {"description": "FAKE_BLOCKED: Mara on the quay", "characters": ["mara"]},
+        {"description": "Wren arrives.", "characters": ["mara", "wren"]},
+    ]
+    project = submit(settings, storyboard(tmp_path, "skipping", "veo", scenes, manifest=True))
+    logs = settings.home / "logs"
+    workers = [
+        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
+        start_cv_launcher(settings, logs),
+    ]
+    try:
+        wait_ready(workers)
+        enqueue_project(create_app(settings), settings, project)
+        assert wait_projects_finished(settings, [project], workers, timeout=180) == ["COMPLETED"]
+    finally:
+        stop_workers(workers)
+        gemini.stop()
+    first, second = load_status(settings, project)["scenes"]
+    assert first["stages"] == {"generation": "SKIPPED", "analysis": "SKIPPED", "registry": "SKIPPED"}
+    assert first["clip_path"] is None and first["generation_jobs"][0]["error"]["reason"] == "content_policy"
+    # The skipped scene's analyze/register links were dropped; the next scene ran its whole chain.
+    assert {t["name"] for t in first["tasks"]} == {"vidpipe.generate_clip"}
+    assert second["stages"] == {"generation": "DONE", "analysis": "DONE", "registry": "DONE"}
+    assert second["new_asset_tags"] == ["wren"]
