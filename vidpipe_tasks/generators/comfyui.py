@@ -164,7 +164,7 @@ class ComfyUIAdapter:
 
     def validate(self) -> None:
         if not self.servers:
-            raise GeneratorConfigError("VIDPIPE_GENERATOR=comfyui needs VIDPIPE_COMFYUI_SERVERS (base URLs)")
+            raise GeneratorConfigError("the comfyui generator needs VIDPIPE_COMFYUI_SERVERS (base URLs)")
         for server in self.servers:
             if not server.startswith(("http://", "https://")):
                 raise GeneratorConfigError(f"VIDPIPE_COMFYUI_SERVERS: {server!r} is not an http(s) URL")

@@ -59,13 +59,13 @@ class VeoAdapter:
 
     def validate(self) -> None:
         if not self.settings.veo_api_key:
-            raise GeneratorConfigError("VIDPIPE_GENERATOR=veo needs VIDPIPE_VEO_API_KEY (a Gemini API key)")
+            raise GeneratorConfigError("the veo generator needs VIDPIPE_VEO_API_KEY (a Gemini API key)")
         if self.model not in MODELS:
             raise GeneratorConfigError(f"VIDPIPE_VEO_MODEL={self.model!r} is unknown; valid: {', '.join(MODELS)}")
         try:
             import google.genai  # noqa: F401 - only checks that the SDK is installed
         except ImportError:
-            raise GeneratorConfigError("VIDPIPE_GENERATOR=veo needs the google-genai package") from None
+            raise GeneratorConfigError("the veo generator needs the google-genai package (pip install google-genai)") from None
 
     @property
     def client(self):  # noqa: ANN201 - google.genai.Client, imported lazily
