@@ -86,6 +86,14 @@ def test_the_bar_moves_per_stage_and_names_where_the_project_is() -> None:
     assert progress_line(done, width=12) == "project    3 [############] 2/2 COMPLETED"
 
 
+def test_the_bar_shows_a_remote_generation_job_in_flight() -> None:
+    job = {"provider": "comfyui", "state": "running", "progress": {"done": 3, "total": 20}}
+    scene = {"scene_index": 1, "stages": dict.fromkeys(("generation", "analysis", "registry"), "PENDING")}
+    scene["stages"]["generation"] = "RUNNING"
+    status = {"project_id": 5, "status": "RUNNING", "scenes": [{**scene, "generation_jobs": [job]}]}
+    assert progress_line(status, width=4).endswith("scene 1 generation running (comfyui job running 3/20)")
+
+
 def test_on_a_terminal_the_bars_are_redrawn_in_place() -> None:
     out = io.StringIO()
     tty = TtyProgress(out)

@@ -65,7 +65,8 @@ class VeoAdapter:
         try:
             import google.genai  # noqa: F401 - only checks that the SDK is installed
         except ImportError:
-            raise GeneratorConfigError("the veo generator needs the google-genai package (pip install google-genai)") from None
+            message = "the veo generator needs the google-genai package (pip install google-genai)"
+            raise GeneratorConfigError(message) from None
 
     @property
     def client(self):  # noqa: ANN201 - google.genai.Client, imported lazily
