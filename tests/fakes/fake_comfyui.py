@@ -137,7 +137,9 @@ class FakeComfy:
         self.running: list[list] = []
         self.history: dict[str, dict] = {}
         self.sockets: dict[str, WebSocket] = {}
-        self.stats = {"accepted": 0, "rejected_429": 0, "rejected_400": 0, "uploads": 0}
+        self.client_id: str | None = None
+        self.last_node_id: str | None = None
+        self.stats: dict = {"accepted": 0, "rejected_429": 0, "rejected_400": 0, "uploads": 0, "finished": {}}
         threading.Thread(target=self._executor, daemon=True).start()
 
     # -- the protocol -----------------------------------------------------------------------------------------
@@ -290,6 +292,8 @@ class FakeComfy:
             sampler_id = next((i for i, n in prompt.items() if n["class_type"] == "KSamplerAdvanced"), "0")
             for node_id in prompt:
                 self.send("executing", {"node": node_id, "display_node": node_id, "prompt_id": prompt_id}, sid)
+            # As server.py keeps client_id/last_node_id: a client reconnecting mid-run is told the node.
+            self.client_id, self.last_node_id = sid, sampler_id
             steps = 4
             for step in range(1, steps + 1):
                 time.sleep(self.job_seconds / (steps + 1))
@@ -313,6 +317,7 @@ class FakeComfy:
             )
             time.sleep(max(0.0, self.job_seconds - (time.monotonic() - started)))
             message("execution_success", {"prompt_id": prompt_id})
+            self.stats["finished"][prompt_id] = time.time()
             status = {"status_str": "success", "completed": True, "messages": messages}
         except Exception as exc:  # noqa: BLE001 - reported as ComfyUI reports node failures
             node_id = next((i for i, n in prompt.items() if n["class_type"] == "KSamplerAdvanced"), "0")
@@ -335,6 +340,7 @@ class FakeComfy:
         with self.lock:
             self.running.remove(item)
             self.history[prompt_id] = history
+        self.client_id = self.last_node_id = None
         self.send("executing", {"node": None, "prompt_id": prompt_id}, sid)
         self.broadcast("status", {"status": self.queue_info()})
 
@@ -386,6 +392,8 @@ class ComfyHandler(BaseHTTPRequestHandler):
 
     comfy: FakeComfy
     protocol_version = "HTTP/1.1"
+    #: Headers and body go out as two writes; without this, delayed ACKs add 40 ms to every request.
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt: str, *args: object) -> None:
         pass
@@ -497,6 +505,8 @@ class ComfyHandler(BaseHTTPRequestHandler):
         ws = WebSocket(self.connection)
         self.comfy.sockets[sid] = ws
         ws.send_json({"type": "status", "data": {"status": self.comfy.queue_info(), "sid": sid}})
+        if self.comfy.client_id == sid and self.comfy.last_node_id is not None:
+            ws.send_json({"type": "executing", "data": {"node": self.comfy.last_node_id}})
         if self.comfy.drop_ws:
             ws.close()  # a websocket that drops, as on long jobs behind proxies
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from vidpipe_tasks.generators.base import CharacterSpec, ClipGenerator, ClipInfo, ClipRequest
@@ -72,11 +73,18 @@ def get_generator(name: str) -> ClipGenerator:
 
 
 def remote_adapter(settings: Settings, name: str) -> RemoteAdapter:
-    """The adapter of a remote generator, configured from settings (not validated: see validate_generator)."""
-    try:
-        return _REMOTE[name](settings)
-    except KeyError:
-        raise _unknown(name) from None
+    """The adapter of a remote generator, configured from settings (not validated: see validate_generator).
+
+    One per process and configuration: every poll of every job reuses its HTTP connections and SDK client.
+    """
+    if name not in _REMOTE:
+        raise _unknown(name)
+    return _cached_adapter(settings, name)
+
+
+@lru_cache(maxsize=8)
+def _cached_adapter(settings: Settings, name: str) -> RemoteAdapter:
+    return _REMOTE[name](settings)
 
 
 def validate_generator(settings: Settings, name: str | None = None) -> None:

@@ -34,8 +34,12 @@ _PLACEHOLDER = re.compile(r"\{\{([a-z_]+)(?::(\d+))?\}\}")
 #: Image placeholders: the input becomes the name of an uploaded image; a node whose image is missing is
 #: removed, and so is every link to it (optional inputs such as WanImageToVideo.start_image then stay unset).
 IMAGE_PLACEHOLDERS = ("start_image", "first_frame", "reference_image")
-#: Seconds each poll listens on the websocket for progress or completion before reading /history.
-WS_WATCH_S = 0.5
+#: Seconds each poll listens on the websocket after ComfyUI's greeting (its `status`, then `executing` with
+#: the current node when we are the client that queued the prompt) for progress or completion. It is
+#: worker-slot time per poll (bench/bench_remote_jobs.py), so it stays short: /history decides.
+WS_WATCH_S = 0.05
+#: Seconds to wait for the greeting itself.
+WS_GREETING_S = 1.0
 _TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 
 
@@ -314,7 +318,7 @@ class ComfyUIAdapter:
 
         url = server.replace("http", "ws", 1) + f"/ws?clientId={_client_id(job_id)}"
         progress: dict = {}
-        until = time.monotonic() + WS_WATCH_S
+        until = time.monotonic() + WS_GREETING_S
         try:
             with connect(url, open_timeout=2, close_timeout=1) as ws:
                 while (left := until - time.monotonic()) > 0:
@@ -327,6 +331,8 @@ class ComfyUIAdapter:
                     message = json.loads(raw)
                     data = message.get("data") or {}
                     kind = message.get("type")
+                    if kind == "status" and "sid" in data:  # the greeting: listen a moment longer, no more
+                        until = time.monotonic() + WS_WATCH_S
                     if data.get("prompt_id") not in (None, job_id):
                         continue
                     if kind == "progress":
