@@ -7,12 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from tests.servers import _wait_port, free_port
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,25 +33,32 @@ class FakeServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, *extra: str) -> FakeServer:
+        """Start it and wait until it answers; a port another process took meanwhile means a new port."""
         self.root.mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            self.module,
-            "--port",
-            str(self.port),
-            "--root",
-            str(self.root),
-            *self.args,
-            *extra,
-        ]
-        env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(REPO)}
-        log = (self.root / "server.log").open("a")
-        self.process = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        _wait_port(self.port, 30, self.module)
-        return self
+        for _ in range(3):
+            argv = [sys.executable, "-m", self.module, "--port", str(self.port), "--root", str(self.root)]
+            env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH") or str(REPO)}
+            with (self.root / "server.log").open("a") as log:
+                self.process = subprocess.Popen(
+                    [*argv, *self.args, *extra], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )  # fmt: skip
+            if self._answers(timeout=30):
+                return self
+            self.stop()
+            self.port = free_port()
+        raise RuntimeError(f"{self.module} did not start; see {self.root / 'server.log'}")
+
+    def _answers(self, timeout: float) -> bool:
+        """True once this process (not some other one on the port) answers GET /fake/stats."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                httpx.get(f"{self.url}/fake/stats", timeout=1).raise_for_status()
+                return self.process.poll() is None
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
