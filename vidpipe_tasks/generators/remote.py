@@ -40,8 +40,11 @@ log = logging.getLogger(__name__)
 
 #: Job states in which the provider may be working on (and billing) the job.
 ACTIVE_STATES = ("submitting", "queued", "running")
-#: States whose cost counts towards a project's spend (everything the provider may have accepted).
+#: States whose cost does not count towards a project's spend (the provider certainly did not take them).
 UNBILLED_STATES = ("not_submitted",)
+#: Seconds a `submitting` job the server does not know is left to the delivery that may be sending it
+#: (longer than an upload plus the POST can take) before another delivery sends it under the same id.
+SUBMIT_GRACE_S = 60
 
 
 class GeneratorConfigError(ValueError):
@@ -259,41 +262,49 @@ class RemoteGenerator:
             job = current_job(s, request.project_id, request.scene_index)
             if job is not None and job.state in (*ACTIVE_STATES, "succeeded"):
                 return job, False
-            if job is not None and job.state == "not_submitted":
-                return self._reserve(s, request, job), True
-            # No job yet, or the last attempt ended (failed, or downloaded and the clip was lost since).
-            return self._reserve(s, request, None, attempt=(job.attempt + 1) if job else 1), True
+        # Asking servers for their queues is network time: never while holding the provider lock.
+        server = self.adapter.choose_server()
+        with session_scope(self.settings.database_url) as s:
+            _provider_lock(s, self.name)
+            # Again under the lock: a second delivery of this task may have reserved the job meanwhile.
+            job = current_job(s, request.project_id, request.scene_index)
+            if job is not None and job.state in (*ACTIVE_STATES, "succeeded"):
+                return job, False
+            if job is None or job.state != "not_submitted":
+                # No job yet, or the last attempt ended (failed, or downloaded and its clip was lost since).
+                job = GenerationJob(
+                    project_id=request.project_id,
+                    scene_index=request.scene_index,
+                    attempt=(job.attempt + 1) if job else 1,
+                    provider=self.name,
+                    model=self.adapter.model,
+                    created_at=self.now(),
+                    progress={},
+                    resubmissions=0,
+                    polls=0,
+                )
+            self._reserve(s, request, job, server)
+            s.add(job)
+            s.flush()
+            return job, True
 
-    def _reserve(self, s: Session, request: ClipRequest, job: GenerationJob | None, attempt: int = 1) -> GenerationJob:
+    def _reserve(self, s: Session, request: ClipRequest, job: GenerationJob, server: str) -> None:
+        """Check the limits and the budget (under the provider lock) and mark the job `submitting`."""
         now = self.now()
-        _provider_lock(s, self.name)
         seconds = self.adapter.generated_seconds(request)
         estimate = round(seconds * price_per_second(self.settings, self.name, self.adapter.model), 4)
         check_capacity(s, self.name, self.limits, now)
         check_budget(s, request.project_id, self.budget_usd, estimate)
-        if job is None:
-            job = GenerationJob(
-                project_id=request.project_id,
-                scene_index=request.scene_index,
-                attempt=attempt,
-                provider=self.name,
-                model=self.adapter.model,
-                created_at=now,
-                progress={},
-                resubmissions=0,
-                polls=0,
-            )
-            s.add(job)
-        job.server = self.adapter.choose_server()
-        job.job_id = (
-            client_job_id(request.project_id, request.scene_index, job.attempt, job.resubmissions)
-            if self.adapter.chooses_job_id
-            else None
-        )
+        job.server, job.job_id = server, self._client_id(request, job)
         job.state, job.generated_seconds, job.cost_estimate = "submitting", seconds, estimate
+        # The time of this submission attempt (the provider's answer updates it): rate limit and grace.
+        job.submitted_at = now
         job.error_class = job.error_reason = job.error_message = None
-        s.flush()
-        return job
+
+    def _client_id(self, request: ClipRequest, job: GenerationJob) -> str | None:
+        if not self.adapter.chooses_job_id:
+            return None
+        return client_job_id(request.project_id, request.scene_index, job.attempt, job.resubmissions)
 
     def _update(self, row_id: int, **values: object) -> None:
         with session_scope(self.settings.database_url) as s:
@@ -342,12 +353,15 @@ class RemoteGenerator:
             job = s.get(GenerationJob, row_id)
             server, provider_id, state, outputs = job.server, job.job_id, job.state, job.outputs
             resubmissions, created = job.resubmissions, _utc(job.created_at)
+            attempted = _utc(job.submitted_at) if job.submitted_at else created
             job.polls += 1
         if state != "succeeded":
-            self._check_deadline(row_id, created, server, provider_id, request)
             poll = self.adapter.poll(server, provider_id)
+            if poll.state in ("queued", "running", "lost"):
+                # A finished job is taken whenever it finishes (it is paid for); an unfinished one only in time.
+                self._check_deadline(row_id, created, server, provider_id, request)
             if poll.state == "lost":
-                return self._lost(row_id, request, state, resubmissions)
+                return self._lost(row_id, request, state, resubmissions, attempted, provider_id)
             if poll.state in ("queued", "running"):
                 self._update(row_id, state=poll.state, progress=poll.progress)
                 raise JobPending(
@@ -375,8 +389,14 @@ class RemoteGenerator:
         self._finish(row_id, "failed", "permanent", "deadline", message)
         raise PermanentStageError("deadline", message)
 
-    def _lost(self, row_id: int, request: ClipRequest, state: str, resubmissions: int) -> ClipInfo:
+    def _lost(
+        self, row_id: int, request: ClipRequest, state: str, resubmissions: int, attempted: datetime, lost_id: str
+    ) -> ClipInfo:
         if state == "submitting":
+            if self.now() - attempted < timedelta(seconds=SUBMIT_GRACE_S):
+                # Another delivery of this task may be sending it right now: give it time before we do.
+                raise JobPending(f"{self.name} job being submitted", self.settings.generation_poll_s,
+                                 {"state": "submitting"})  # fmt: skip
             # Our own submission never arrived (we chose its id, so the server would know it): send it now.
             self._submit(row_id, request)
             raise JobPending(f"{self.name} job submitted", self.settings.generation_poll_s, {"state": "queued"})
@@ -384,23 +404,22 @@ class RemoteGenerator:
             message = f"{self.name} lost the job of scene {request.scene_index} again after one resubmission"
             self._finish(row_id, "failed", "permanent", "job_lost", message)
             raise PermanentStageError("job_lost", message)
-        self._resubmit(row_id, request)
+        self._resubmit(row_id, request, lost_id)
         raise JobPending(f"{self.name} job resubmitted", self.settings.generation_poll_s, {"state": "resubmitted"})
 
-    def _resubmit(self, row_id: int, request: ClipRequest) -> None:
+    def _resubmit(self, row_id: int, request: ClipRequest, lost_id: str) -> None:
         """The server forgot an accepted job (a restart): submit it once more, counted, within the budget."""
+        server = self.adapter.choose_server()
         with session_scope(self.settings.database_url) as s:
             _provider_lock(s, self.name)
             job = s.get(GenerationJob, row_id)
+            if job.job_id != lost_id or job.state not in ACTIVE_STATES:
+                return  # a concurrent delivery of this task resubmitted it already: poll that one
             check_budget(s, request.project_id, self.budget_usd, job.cost_estimate / (1 + job.resubmissions))
             job.cost_estimate = round(job.cost_estimate / (1 + job.resubmissions) * (2 + job.resubmissions), 4)
             job.resubmissions += 1
-            job.state, job.server = "submitting", self.adapter.choose_server()
-            job.job_id = (
-                client_job_id(request.project_id, request.scene_index, job.attempt, job.resubmissions)
-                if self.adapter.chooses_job_id
-                else None
-            )
+            job.state, job.server = "submitting", server
+            job.job_id, job.submitted_at = self._client_id(request, job), self.now()
         log.warning(
             "project %s scene %s: %s forgot its job; resubmitting once",
             request.project_id,

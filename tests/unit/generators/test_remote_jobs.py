@@ -17,6 +17,7 @@ from vidpipe_tasks.errors import JobPending, PermanentStageError
 from vidpipe_tasks.generators.base import CharacterSpec, ClipRequest
 from vidpipe_tasks.generators.procedural import ProceduralGenerator
 from vidpipe_tasks.generators.remote import (
+    SUBMIT_GRACE_S,
     GeneratorConfigError,
     NotAccepted,
     Poll,
@@ -151,14 +152,22 @@ def test_a_submission_that_never_arrived_is_sent_under_the_same_id_without_count
     settings, project, sample_clip
 ) -> None:
     adapter = ScriptedAdapter(sample_clip)
-    generator = RemoteGenerator(settings, adapter, None)
+    clock = [datetime.now(UTC)]
+    generator = RemoteGenerator(settings, adapter, None, now=lambda: clock[0])
     request = request_for(settings, project)
     # A worker died between committing the row and the POST: the row is `submitting` with our id.
     adapter.refuse = TimeoutError("killed")
     with pytest.raises(TimeoutError):
         generator.generate(request)
     adapter.refuse = None
+    # At first another delivery may still be sending it: wait rather than risk sending it twice
     adapter.polls.append(Poll("lost"))  # the server has never heard of it
+    with pytest.raises(JobPending) as waiting:
+        generator.generate(request)
+    assert waiting.value.progress["state"] == "submitting" and adapter.submitted == []
+    # Past the grace it is sent, under the same id, and not counted as a resubmission
+    clock[0] += timedelta(seconds=SUBMIT_GRACE_S + 1)
+    adapter.polls.append(Poll("lost"))
     with pytest.raises(JobPending):
         generator.generate(request)
     (row,) = job_rows(settings)
@@ -195,6 +204,22 @@ def test_a_submission_the_provider_refused_costs_nothing_and_is_sent_again(setti
         generator.generate(request)
     (row,) = job_rows(settings)
     assert (row.state, row.attempt, row.job_id) == ("queued", 1, "operations/op1")
+
+
+def test_a_second_delivery_running_at_the_same_time_polls_the_first_ones_job(settings, project, sample_clip) -> None:
+    adapter = ScriptedAdapter(sample_clip)
+    request = request_for(settings, project)
+    # Given one delivery that reserved the job and is still sending it
+    first = RemoteGenerator(settings, adapter, None)
+    adapter.refuse = TimeoutError("still sending")
+    with pytest.raises(TimeoutError):
+        first.generate(request)
+    adapter.refuse = None
+    # When a duplicate delivery runs meanwhile, it finds the reserved row and does not submit
+    adapter.polls.append(Poll("lost"))
+    with pytest.raises(JobPending):
+        RemoteGenerator(settings, adapter, None).generate(request)
+    assert adapter.submitted == [] and len(job_rows(settings)) == 1
 
 
 def test_the_provider_limits_hold_new_jobs_back_without_storing_anything(settings, project, sample_clip) -> None:
@@ -283,3 +308,17 @@ def test_price_lookup_prefers_the_model(settings) -> None:
     assert price_per_second(priced, "veo", "veo-3.0-fast-generate-001") == 0.15
     assert price_per_second(priced, "veo", "veo-3.1-generate-preview") == 0.40
     assert price_per_second(priced, "comfyui", None) == 0.0
+
+
+def test_a_lost_job_is_resubmitted_once_even_when_two_deliveries_notice(settings, project, sample_clip) -> None:
+    adapter = ScriptedAdapter(sample_clip)
+    generator = RemoteGenerator(settings, adapter, None)
+    request = request_for(settings, project)
+    with pytest.raises(JobPending):
+        generator.generate(request)
+    lost = job_rows(settings)[0].job_id
+    (row,) = job_rows(settings)
+    generator._resubmit(row.id, request, lost)  # the first delivery to notice
+    generator._resubmit(row.id, request, lost)  # a second one that polled the same lost id
+    (row,) = job_rows(settings)
+    assert row.resubmissions == 1 and adapter.submitted == [lost, client_job_id(project, 1, 1, 1)]
