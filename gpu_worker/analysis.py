@@ -16,6 +16,7 @@ from gpu_worker.clustering import FaceCluster, best_face, cluster_faces, face_qu
 from gpu_worker.faces.base import DetectedFace, FaceEngine
 from gpu_worker.frames import sample_frames
 from vidpipe_tasks import media
+from vidpipe_tasks.transient import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,12 @@ def _embed_references(request: dict, media_root: Path, engine: FaceEngine, warni
             continue
         if not entry.get("reference_image"):
             continue
-        with Image.open(media_root / entry["reference_image"]) as img:
+        try:
+            path = media.absolute(media_root, entry["reference_image"])
+        except ValueError as exc:  # the registry row is untrusted: skip the asset, not the analysis
+            warnings.append(f"reference image of {entry.get('asset_tag') or entry['tag']} refused: {exc}")
+            continue
+        with Image.open(path) as img:
             rgb = np.asarray(img.convert("RGB"))
         faces = engine.detect_and_embed([rgb], [-1])
         if not faces:
@@ -115,7 +121,7 @@ def _candidates(clusters: list[FaceCluster], sampled, request: dict, media_root:
         face = best_face(cluster, sampled.frames[0].shape)
         key = f"c{len(out)}"
         crop = f"{request['crops_dir']}/{key}.png"
-        crops.append(_save_crop(frame_of[face.frame_index], face, media_root / crop))
+        crops.append(_save_crop(frame_of[face.frame_index], face, media.absolute(media_root, crop)))
         out.append(
             {
                 "key": key,
@@ -184,7 +190,7 @@ def analyze_clip(
     engine.timings_ms = {"detect": 0.0, "embed": 0.0}
     if embedder is not None:
         embedder.timings_ms = {"image_embed": 0.0}
-    sampled = sample_frames(media_root / request["clip_path"], max_frames=max_frames)
+    sampled = sample_frames(media.absolute(media_root, request["clip_path"]), max_frames=max_frames)
     progress("decode", 1, len(PROGRESS_STEPS))
     computed = _embed_references(request, media_root, engine, warnings)
     engine.timings_ms = {"detect": 0.0, "embed": 0.0}  # reference embedding is not per-frame work
@@ -265,9 +271,15 @@ def degraded_result(reason: str) -> dict:
 
 
 def analyze_clip_safely(request: dict, media_root: Path, engine: FaceEngine, **options: Any) -> dict:
-    """analyze_clip (same options) that never raises: any exception becomes a degraded result with the reason."""
+    """analyze_clip (same options) whose failures become a degraded result with the reason.
+
+    An infrastructure error (broker, result backend, database) is raised instead: it says nothing about the
+    media or the model, and the task policy retries it; recorded as degraded it would be permanent.
+    """
     try:
         return analyze_clip(request, media_root, engine, **options)
     except Exception as exc:  # noqa: BLE001 - a failed analysis must never fail the project
+        if is_transient(exc):
+            raise
         log.warning("analysis of %s degraded: %s", request.get("clip_path"), exc, exc_info=True)
         return degraded_result(f"{type(exc).__name__}: {exc}")

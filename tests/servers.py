@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -39,9 +40,24 @@ class RedisServer:
 
     port: int
     process: subprocess.Popen
+    argv: list[str] | None = None
+    workdir: Path | None = None
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def restart(self, sig: int = signal.SIGTERM, down_s: float = 0.0) -> float:
+        """Stop the server with `sig` (SIGTERM saves first; SIGKILL loses what was not yet fsynced), wait
+        `down_s`, start it again on the same port and folder; returns the seconds it was unreachable."""
+        started = time.monotonic()
+        self.process.send_signal(sig)
+        self.process.wait(30)
+        time.sleep(down_s)
+        with (self.workdir / "redis.log").open("a") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_port(self.port, 30, "redis-server")
+        _wait_redis_loaded(self.port)
+        return time.monotonic() - started
 
     def stop(self) -> None:
         self.process.terminate()
@@ -51,19 +67,36 @@ class RedisServer:
             self.process.kill()
 
 
-def start_redis(workdir: Path) -> RedisServer:
-    """Start redis-server without persistence on a free loopback port."""
+def _wait_redis_loaded(port: int, timeout: float = 30) -> None:
+    """After a restart Redis answers LOADING until its AOF is replayed."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            client.ping()
+            return
+        except redis.exceptions.BusyLoadingError:
+            time.sleep(0.1)
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"redis on port {port} still loading after {timeout:.0f}s")
+
+
+def start_redis(workdir: Path, appendonly: bool = False) -> RedisServer:
+    """Start redis-server on a free loopback port; without persistence, or with the AOF deploy/compose turns on."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServerUnavailable("redis-server is not installed (apt-get install redis-server)")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
-    argv += ["--save", "", "--appendonly", "no", "--databases", "16"]
+    argv += ["--save", "", "--appendonly", "yes" if appendonly else "no", "--databases", "16"]
     log = (workdir / "redis.log").open("w")
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _wait_port(port, 15, "redis-server")
-    return RedisServer(port, process)
+    return RedisServer(port, process, argv, workdir)
 
 
 def _pg_bindir() -> Path:
@@ -84,6 +117,8 @@ class PostgresServer:
     datadir: Path
     bindir: Path
     run_as: list[str]
+    #: The postmaster options it was started with (port, socket folder), for a restart.
+    options: str = ""
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
@@ -100,6 +135,23 @@ class PostgresServer:
         finally:
             conn.close()
         return self.url(name)
+
+    def restart(self, down_s: float = 0.0) -> float:
+        """Stop fast (connections are cut mid-query), stay down `down_s`, start again; returns seconds down."""
+        started = time.monotonic()
+        pg_ctl = [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-w"]
+        subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True, check=False)
+        time.sleep(down_s)
+        for _ in range(3):  # a start that lost a race with the old postmaster's exit: start again
+            done = subprocess.run([*pg_ctl, "-o", self.options, "start", "-l", str(self.datadir.parent / "pg.log")],
+                                  capture_output=True, text=True)  # fmt: skip
+            if done.returncode == 0:
+                break
+            time.sleep(1)
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {done.stdout} {done.stderr}")
+        _wait_port(self.port, 30, "postgres")
+        return time.monotonic() - started
 
     def stop(self) -> None:
         subprocess.run(
@@ -137,4 +189,4 @@ def start_postgres(workdir: Path) -> PostgresServer:
         capture_output=True,
     )
     _wait_port(port, 30, "postgres")
-    return PostgresServer(port, datadir, bindir, run_as)
+    return PostgresServer(port, datadir, bindir, run_as, options)

@@ -74,7 +74,7 @@ def outage_retry_options(settings: Settings) -> dict:
     for `transient_retry_window` seconds, polling every few seconds.
     """
     interval_max = 2.0
-    retries = math.ceil(settings.transient_retry_window / interval_max) + 2
+    retries = math.ceil(settings.transient_retry_window / interval_max) + 5  # +5: the ramp up to interval_max
     return {
         "task_publish_retry": True,
         "task_publish_retry_policy": {
@@ -161,6 +161,10 @@ def celery_config(settings: Settings) -> dict:
 
 def create_app(settings: Settings) -> Celery:
     """Build the Celery app for `settings` and register vidpipe's tasks on it."""
+    if settings.is_filesystem_broker:
+        from vidpipe_tasks.fsbroker import install
+
+        install()  # atomic message files for the embedded broker
     app = Celery("vidpipe")
     app.config_from_object(celery_config(settings))
     app.vidpipe_settings = settings

@@ -1,4 +1,4 @@
-"""The `vidpipe` command: demo, submit, worker, status, wait, resume, cancel, queues, generators, models, flower, db."""
+"""The `vidpipe` command: submit, workers, status, wait, resume, cancel, queues, assets, generators, models, db."""
 
 from __future__ import annotations
 
@@ -35,20 +35,42 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from vidpipe_tasks.db.migrate import prepare_installation
     from vidpipe_tasks.inputs import load_inputs
 
-    inputs = load_inputs(args.inputs)  # every storyboard is valid before the database is touched
+    inputs = load_inputs(args.inputs, settings.input_limits)  # every storyboard is valid before the database is touched
     if args.priority is not None and not settings.is_redis_broker:
         print("warning: only the Redis broker has priorities; --priority is ignored here", file=sys.stderr)
     prepare_installation(settings)
     from vidpipe_tasks.celery_app import app
-    from vidpipe_tasks.workflow import submit_inputs
+    from vidpipe_tasks.storing import BatchNotStored
+    from vidpipe_tasks.workflow import QueueingFailed, submit_inputs
 
-    ids = submit_inputs(app, settings, inputs, priority=args.priority)
+    try:
+        ids = submit_inputs(app, settings, inputs, priority=args.priority)
+    except BatchNotStored as exc:
+        print(f"vidpipe submit: {exc}", file=sys.stderr)
+        return 1
+    except QueueingFailed as exc:
+        _print_submitted(args, inputs, exc.ids, set(exc.queued))
+        print(
+            "stored but not queued (left PENDING: automatic recovery queues them, or `vidpipe resume ID` now):",
+            file=sys.stderr,
+        )
+        for project_id, reason in exc.failed:
+            print(f"  project {project_id}: {reason}", file=sys.stderr)
+        return 1
+    _print_submitted(args, inputs, ids, set(ids))
+    return 0
+
+
+def _print_submitted(args: argparse.Namespace, inputs: list, ids: list[int], queued: set[int]) -> None:
+    by_id = dict(zip(ids, inputs, strict=True))
     if args.json:
-        rows = [{"project_id": i, "source": s.source, "title": s.board.title} for i, s in zip(ids, inputs, strict=True)]
+        rows = [
+            {"project_id": i, "source": s.source, "title": s.board.title, "queued": i in queued}
+            for i, s in by_id.items()
+        ]
         print(json.dumps({"priority": args.priority, "projects": rows}, indent=2))
     else:
-        print("\n".join(str(i) for i in ids))
-    return 0
+        print("\n".join(str(i) for i in by_id if i in queued))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -75,6 +97,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_beat(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    prepare_folders(settings)
+    from vidpipe_tasks.workers import beat_argv
+
+    argv = beat_argv(settings, loglevel=args.loglevel)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from vidpipe_tasks.status import load_status, load_summaries, render_table, render_text
@@ -97,6 +129,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    prepare_folders(settings)  # a project stored while another broker was configured has none yet
+    from kombu.exceptions import OperationalError
+
     from vidpipe_tasks.celery_app import app
     from vidpipe_tasks.workflow import NothingToRun, StillQueued, resume
 
@@ -106,6 +141,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
             print(resume(app, settings, project_id, args.priority).describe())
         except (LookupError, NothingToRun, StillQueued) as exc:
             print(str(exc), file=sys.stderr)
+            code = 1
+        except OperationalError as exc:  # the broker is down: the project stays as it was
+            print(f"project {project_id}: not queued: {' '.join(str(exc).split())}", file=sys.stderr)
             code = 1
     return code
 
@@ -202,6 +240,29 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assets(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from vidpipe_tasks.assets import AssetInUse, list_assets, remove_asset, render_assets
+
+    if args.action == "list":
+        rows = list_assets(settings, args.manifest)
+        if args.problems:
+            rows = [r for r in rows if r["problem"]]
+        print(json.dumps(rows, indent=2) if args.json else render_assets(rows))
+        return 0
+    if not args.assets:
+        print("vidpipe assets remove: name the asset id(s) to remove", file=sys.stderr)
+        return 2
+    code = 0
+    for asset_id in args.assets:
+        try:
+            print(remove_asset(settings, asset_id, force=args.force))
+        except (LookupError, AssetInUse) as exc:
+            print(str(exc), file=sys.stderr)
+            code = 1
+    return code
+
+
 def cmd_flower(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from vidpipe_tasks.flower import FlowerRefused, flower_config, run_flower
@@ -255,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=cmd_worker)
 
+    beat = sub.add_parser(
+        "beat", help="run Celery beat: the sweep that resumes lost chains (exactly one per installation)"
+    )
+    beat.add_argument("--loglevel", "-l", default="info")
+    beat.set_defaults(func=cmd_beat)
+
     status = sub.add_parser("status", help="a table of projects, or one project's scenes, tasks and scores")
     status.add_argument("projects", type=int, nargs="*", metavar="PROJECT", help="one: detailed view; none: all")
     status.add_argument("--last", type=int, metavar="N", help="only the N most recent projects (a table)")
@@ -302,6 +369,15 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--config", help="stage: open_clip model config JSON for a custom architecture")
     models.add_argument("--sha256", action="append", help="expected checksum of each source (required)")
     models.set_defaults(func=cmd_models)
+
+    assets = sub.add_parser("assets", help="list registry assets (with problems found) or remove a bad one")
+    assets.add_argument("action", choices=["list", "remove"])
+    assets.add_argument("assets", type=int, nargs="*", metavar="ASSET", help="remove: asset ids")
+    assets.add_argument("--manifest", help="list: only this manifest's assets")
+    assets.add_argument("--problems", action="store_true", help="list: only assets with a problem")
+    assets.add_argument("--json", action="store_true", help="list: machine-readable")
+    assets.add_argument("--force", action="store_true", help="remove: also an asset with appearances")
+    assets.set_defaults(func=cmd_assets)
 
     from vidpipe_tasks.flower import add_flower_arguments  # light: Flower itself is imported only to run it
 

@@ -40,18 +40,20 @@ def run_demo(work_dir: Path, *, fresh: bool = False, timeout: float = 1200.0) ->
     leftovers = purge_queue_folder(settings)
     if leftovers:
         print(f"removed {leftovers} leftover message(s) from an interrupted run")
-    from vidpipe_tasks.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
+    from vidpipe_tasks.workers import start_beat, start_cv_launcher, start_worker, stop_workers, wait_ready
 
     logs = settings.home / "logs"
     print(f"work folder: {settings.home}\nstarting workers (logs in {logs}) ...")
     workers = [
         start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
         start_cv_launcher(settings, logs, processes=1),
+        start_beat(settings, logs),  # the recovery sweep: a lost chain resumes by itself
     ]
     try:
         wait_ready(workers)
         print(
-            "workers ready: gen@ consumes generation,registry; cv-cpu0@ (python -m gpu_worker --device cpu) consumes cv"
+            "workers ready: gen@ consumes generation,registry; cv-cpu0@ (python -m gpu_worker --device cpu) consumes"
+            " cv; beat sends the recovery sweep"
         )
         from vidpipe_tasks.celery_app import app
         from vidpipe_tasks.workflow import submit

@@ -55,3 +55,12 @@ class SkipDelivery(RuntimeError):
     The task is acknowledged and its chain stops, changing no state; if the chain really needed it, the
     recovery sweep resumes the project from its first unfinished scene.
     """
+
+
+class MessageIgnored(SkipDelivery):
+    """A task message for a scene in the wrong state (e.g. analysis of a scene with no clip): it is dropped.
+
+    A SkipDelivery, so `PipelineTask` acknowledges it and records the run as `ignored` (Celery's Ignore: no
+    failure, the project is not marked FAILED, no later task of that message's chain is sent). A chain the
+    system built never sends such a message; a crafted or stale one must not fail the project.
+    """

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidpipe_tasks.storyboard import Storyboard, StoryboardError, load_storyboard, validate_storyboard
+from vidpipe_tasks.limits import InputLimits
+from vidpipe_tasks.safe_load import InputFileError, decode_utf8, parse_json, read_limited
+from vidpipe_tasks.storyboard import (
+    Storyboard,
+    StoryboardError,
+    load_storyboard,
+    printable,
+    project_totals,
+    validate_storyboard,
+)
 
 #: Files a folder contributes (top level only, sorted by name).
 STORYBOARD_SUFFIXES = (".yaml", ".yml", ".json")
 #: A batch file: one storyboard (a JSON object) per line.
 JSONL_SUFFIX = ".jsonl"
+#: Longest source (path, or "path:line") a project records.
+MAX_SOURCE_CHARS = 1000
 #: `--priority` range: the message priorities kombu's Redis transport understands.
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 
@@ -61,22 +71,22 @@ def folder_storyboards(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in STORYBOARD_SUFFIXES)
 
 
-def _jsonl_inputs(path: Path) -> tuple[list[StoryboardInput], list[tuple[str, str, str]]]:
+def _jsonl_inputs(path: Path, limits: InputLimits) -> tuple[list[StoryboardInput], list[tuple[str, str, str]]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = decode_utf8(read_limited(path, limits.max_input_bytes))
     except FileNotFoundError:
         return [], [(str(path), "(file)", "no such file")]
-    except (OSError, UnicodeDecodeError) as exc:
-        return [], [(str(path), "(file)", f"cannot read: {exc}")]
+    except InputFileError as exc:
+        return [], [(str(path), "(file)", printable(str(exc)))]
     inputs, problems = [], []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue  # blank lines (e.g. a trailing newline pair) carry nothing
         name = f"{path}:{number}"
         try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            problems.append((name, "(line)", f"not valid JSON: {exc.msg} at column {exc.colno}"))
+            data = _jsonl_line(raw, limits)
+        except InputFileError as exc:
+            problems.append((name, "(line)", printable(str(exc))))
             continue
         if isinstance(data, dict) and set(data) == {"path"}:
             problems.append(
@@ -84,7 +94,7 @@ def _jsonl_inputs(path: Path) -> tuple[list[StoryboardInput], list[tuple[str, st
             )
             continue
         try:
-            inputs.append(StoryboardInput(path, number, validate_storyboard(data, name, path.parent)))
+            inputs.append(StoryboardInput(path, number, validate_storyboard(data, name, path.parent, limits)))
         except StoryboardError as exc:
             problems.extend(exc.problems)
     if not inputs and not problems:
@@ -92,17 +102,60 @@ def _jsonl_inputs(path: Path) -> tuple[list[StoryboardInput], list[tuple[str, st
     return inputs, problems
 
 
-def load_inputs(args: Sequence[str | Path]) -> list[StoryboardInput]:
+def _jsonl_line(raw: str, limits: InputLimits) -> object:
+    size = len(raw.encode("utf-8"))
+    if size > limits.max_storyboard_bytes:
+        raise InputFileError(
+            f"{size} bytes is more than the limit of {limits.max_storyboard_bytes} (VIDPIPE_MAX_STORYBOARD_BYTES)"
+        )
+    return parse_json(raw, limits.max_nesting_depth)
+
+
+def batch_problems(inputs: Sequence[StoryboardInput], limits: InputLimits) -> list[tuple[str, str, str]]:
+    """The per-submission quotas a set of storyboards exceeds, named by the first input."""
+    if not inputs:
+        return []
+    where = str(inputs[0].path)
+    # The project records its source; the column holds MAX_SOURCE_CHARS.
+    problems = [
+        (printable(i.source, 4 * MAX_SOURCE_CHARS), "(file)", f"path longer than {MAX_SOURCE_CHARS} characters")
+        for i in inputs
+        if len(i.source) > MAX_SOURCE_CHARS
+    ]
+    if len(inputs) > limits.max_batch_projects:
+        problems.append(
+            (
+                where,
+                "(batch)",
+                f"{len(inputs)} storyboards is more than the quota of {limits.max_batch_projects} per submission "
+                "(VIDPIPE_MAX_BATCH_PROJECTS)",
+            )
+        )
+    seconds = sum(project_totals(i.board)[0] for i in inputs)
+    if seconds > limits.max_batch_seconds:
+        problems.append(
+            (
+                where,
+                "(batch)",
+                f"{seconds:g} s of video in all is more than the quota of {limits.max_batch_seconds:g} s per "
+                "submission (VIDPIPE_MAX_BATCH_SECONDS)",
+            )
+        )
+    return problems
+
+
+def load_inputs(args: Sequence[str | Path], limits: InputLimits | None = None) -> list[StoryboardInput]:
     """Expand and validate every argument of a submission, in order.
 
     A folder contributes its *.yaml/*.yml/*.json files (sorted); a `.jsonl` file one storyboard per
     non-blank line; anything else is read as one storyboard file (JSON when it ends in .json, else YAML).
 
     Raises:
-        StoryboardError: listing (file, field, reason) for every problem in every input, so that nothing
-            is stored or queued while any remains.
+        StoryboardError: listing (file, field, reason) for every problem in every input, and any
+            per-submission quota exceeded, so that nothing is stored or queued while any remains.
 
     """
+    limits = limits or InputLimits()
     inputs: list[StoryboardInput] = []
     problems: list[tuple[str, str, str]] = []
     for arg in args:
@@ -112,7 +165,7 @@ def load_inputs(args: Sequence[str | Path]) -> list[StoryboardInput]:
             if not files:
                 problems.append((str(path), "(folder)", "no *.yaml, *.yml or *.json storyboard inside"))
         elif path.suffix.lower() == JSONL_SUFFIX:
-            found, bad = _jsonl_inputs(path)
+            found, bad = _jsonl_inputs(path, limits)
             inputs += found
             problems += bad
             continue
@@ -120,9 +173,10 @@ def load_inputs(args: Sequence[str | Path]) -> list[StoryboardInput]:
             files = [path]
         for file in files:
             try:
-                inputs.append(StoryboardInput(file, None, load_storyboard(file)))
+                inputs.append(StoryboardInput(file, None, load_storyboard(file, limits)))
             except StoryboardError as exc:
                 problems.extend(exc.problems)
+    problems += batch_problems(inputs, limits)
     if problems:
         raise StoryboardError(problems)
     return inputs

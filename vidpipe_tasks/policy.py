@@ -130,7 +130,7 @@ class PipelineTask(Task):
     * A transient infrastructure error (broker, result backend, database) is retried with backoff and jitter
       for `transient_retry_window` seconds; publishing the next link retries as long (celery_app).
     * `JobPending` becomes a retry with its countdown: a remote job is polled without holding a worker slot.
-    * `PermanentStageError` and any other exception fail the task for good: `on_failure` marks the scene's
+    * `PermanentStageError` and any other exception fail the task for good: `_fail` marks the scene's
       stage and the project FAILED with the reason. The failure path never raises.
     * A delivery from a superseded chain (older epoch) or a redelivery of a finished task whose chain went on
       is skipped; a task interrupted `max_task_crashes` times fails its project (a poison scene).
@@ -174,18 +174,18 @@ class PipelineTask(Task):
             self._record(task_id, "cancelled", str(exc))
             raise Ignore() from exc
         except SkipDelivery as exc:
-            log.warning("%s[%s] skipped: %s", self.name, task_id, exc)
-            self._record(task_id, "stale", str(exc))
+            log.warning("%s[%s] ignored: %s", self.name, task_id, exc)
+            self._record(task_id, "ignored", str(exc))
             raise Ignore() from exc
         except JobPending as pending:
             self._poll_later(task_id, args, kwargs, pending)
         except PermanentStageError as exc:
-            self._record(task_id, "failure", f"{exc.reason}: {exc}")
+            self._fail(task_id, args, f"{exc.reason}: {exc}")
             raise
         except Exception as exc:
             if is_transient(exc):
                 self._retry_transient(task_id, args, kwargs, exc)
-            self._record(task_id, "failure", f"{type(exc).__name__}: {exc}")
+            self._fail(task_id, args, f"{type(exc).__name__}: {exc}")
             raise
         result = self._carry_epoch(result, args)
         degraded = isinstance(result, dict) and result.get("outcome") == "degraded"
@@ -299,18 +299,20 @@ class PipelineTask(Task):
 
     # -- outcomes ---------------------------------------------------------------------------------------------
 
-    def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
-        """A task that failed for good ends its chain: mark the project FAILED so `wait` and `status` say so.
+    def _fail(self, task_id: str, args: tuple, reason: str) -> None:
+        """A task that failed for good ends its chain: its scene stage and project become FAILED, with why.
 
-        Never raises: if the database stays down, the project keeps its lease-less RUNNING state and the
-        recovery sweep resumes it (the failure then recurs and is recorded).
+        Recorded here rather than in `on_failure`, which gets the exception back through the result
+        serializer (a PermanentStageError arrives as a plain RuntimeError, its reason lost). Never raises:
+        if the database stays down, the project keeps RUNNING with an expiring lease and the recovery sweep
+        resumes it (the failure then recurs and is recorded).
         """
+        self._record(task_id, "failure", reason)
         project_id, scene_index = _ids(args)
         if project_id is None:
             return
         from vidpipe_tasks.stages import mark_failed
 
-        reason = f"{exc.reason}: {exc}" if isinstance(exc, PermanentStageError) else f"{type(exc).__name__}: {exc}"
         persist(
             lambda: mark_failed(self.settings, int(project_id), scene_index, self.name, reason),
             self.settings.transient_retry_window,

@@ -198,6 +198,37 @@ def drop_unacked(app: Celery, settings: Settings, messages: list[BrokerMessage])
     return sum(pipe.execute()[0::2])
 
 
+#: Atomically take one exact message out of a list and put it back at the end workers pop from (BRPOP: right).
+_SERVE_NEXT_LUA = """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 1 then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def serve_next(app: Celery, settings: Settings, task_id: str) -> bool:
+    """Redis: move a queued message to the end of its list that workers take next.
+
+    Used for a chain the recovery sweep resumes: its scene already waited its turn once, so it does not
+    queue again behind the whole backlog (kombu does the same when it restores a rejected message). The
+    message stays in its priority list. Returns whether it was found still queued.
+    """
+    if not settings.is_redis_broker:
+        return False
+    layout = redis_layout(app)
+    client = _redis_client(settings)
+    for queue in ALL_QUEUES:
+        for step in layout.steps:
+            key = layout.key(queue, step)
+            for raw in client.lrange(key, 0, -1):
+                headers = json.loads(raw).get("headers") or {}
+                if headers.get("id") == task_id:
+                    return bool(client.eval(_SERVE_NEXT_LUA, 1, key, raw))
+    return False
+
+
 def queue_depths(app: Celery, settings: Settings) -> list[dict[str, Any]]:
     """Messages waiting per queue: the figure to scale workers on.
 

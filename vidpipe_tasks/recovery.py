@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from vidpipe_tasks.db.models import Project, ProjectStatus, TaskRun
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.queues import BrokerMessage, broker_messages, drop_unacked
+from vidpipe_tasks.queues import BrokerMessage, broker_messages, drop_unacked, serve_next
 from vidpipe_tasks.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,8 @@ def recover(
             log.error("project %s: %s", project_id, project.recovery_reason)
             return
     try:
-        enqueue_project(app, settings, project_id, expected_epoch=epoch, closing="abandoned: closed by recovery")
+        root = enqueue_project(app, settings, project_id, expected_epoch=epoch, closing="abandoned: closed by recovery")
+        serve_next(app, settings, root)  # the scene already waited its turn once
     except Superseded:
         return
     except NothingToRun:

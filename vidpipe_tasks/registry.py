@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -38,8 +39,13 @@ def _reference_rank(asset: Asset) -> tuple:
     return (asset.source != AssetSource.UPLOADED, -(asset.quality or 0.0), asset.id)
 
 
-def select_references(session: Session, manifest_id: int, characters: list[str]) -> dict[str, Asset]:
+def select_references(
+    session: Session, manifest_id: int, characters: list[str], usable: Callable[[Asset], bool] | None = None
+) -> dict[str, Asset]:
     """Pick the best reference asset for each character that has one (extracted assets included).
+
+    `usable` (if given) vets each candidate reference: an asset it refuses is never chosen, so one bad
+    row (a reference outside the media root) does not fail every project of its manifest.
 
     Returns:
         Character tag -> chosen asset; characters with no usable reference are absent.
@@ -47,7 +53,7 @@ def select_references(session: Session, manifest_id: int, characters: list[str])
     """
     by_character: dict[str, list[Asset]] = {}
     for asset in character_assets(session, manifest_id):
-        if asset.reference_image and asset.character:
+        if asset.reference_image and asset.character and (usable is None or usable(asset)):
             by_character.setdefault(asset.character, []).append(asset)
     return {c: min(by_character[c], key=_reference_rank) for c in characters if c in by_character}
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from vidpipe_tasks.limits import InputLimits
+
 #: Queue names; routes and deploy files are derived from these.
 GENERATION_QUEUE = "generation"
 CV_QUEUE = "cv"
@@ -20,6 +22,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "comfyui_choice": ("least-queued", "first-up"),
     "content_policy": ("fail-project", "skip-scene"),
 }
+
+
+#: Limits that must be positive.
+LIMIT_FIELDS = (
+    "max_input_bytes",
+    "max_storyboard_bytes",
+    "max_nesting_depth",
+    "max_reference_bytes",
+    "max_reference_pixels",
+    "max_project_scenes",
+    "max_project_seconds",
+    "max_project_pixels",
+    "max_batch_projects",
+    "max_batch_seconds",
+)
 
 
 @dataclass(frozen=True)
@@ -98,6 +115,19 @@ class Settings:
     flower_basic_auth: str = ""
     #: Port Flower listens on.
     flower_port: int = 5555
+    #: Input limits and quotas (docs/storyboard.md "Limits and quotas"); see vidpipe_tasks.limits.InputLimits.
+    #: Folders, besides each storyboard's own, that reference images may come from (separated by ":").
+    reference_roots: str = ""
+    max_input_bytes: int = InputLimits.max_input_bytes
+    max_storyboard_bytes: int = InputLimits.max_storyboard_bytes
+    max_nesting_depth: int = InputLimits.max_nesting_depth
+    max_reference_bytes: int = InputLimits.max_reference_bytes
+    max_reference_pixels: int = InputLimits.max_reference_pixels
+    max_project_scenes: int = InputLimits.max_project_scenes
+    max_project_seconds: float = InputLimits.max_project_seconds
+    max_project_pixels: int = InputLimits.max_project_pixels
+    max_batch_projects: int = InputLimits.max_batch_projects
+    max_batch_seconds: float = InputLimits.max_batch_seconds
     # --- Remote generators (issue 9): ComfyUI and Veo, provider jobs, limits and prices. ---
     #: ComfyUI servers, comma separated base URLs (e.g. "http://gpu1:8188,http://gpu2:8188").
     comfyui_servers: str = ""
@@ -142,6 +172,7 @@ class Settings:
             "transient_retry_window",
             "max_task_crashes",
             "max_recoveries",
+            *LIMIT_FIELDS,
             "generation_max_concurrent",
             "generation_submits_per_minute",
             "scene_deadline_s",
@@ -153,6 +184,10 @@ class Settings:
                 raise ValueError(f"VIDPIPE_{field_name.upper()} must be positive")
         if self.lease_ttl < 2 * self.heartbeat_interval:
             raise ValueError("VIDPIPE_LEASE_TTL must be at least twice VIDPIPE_HEARTBEAT_INTERVAL")
+
+    @property
+    def input_limits(self) -> InputLimits:
+        return InputLimits.from_settings(self)
 
     @property
     def broker_dir(self) -> Path:

@@ -19,7 +19,7 @@ from vidpipe_tasks.db.models import (
     StageStatus,
 )
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.errors import PermanentStageError, ProjectCancelled, SkipDelivery
+from vidpipe_tasks.errors import MessageIgnored, PermanentStageError, ProjectCancelled
 from vidpipe_tasks.generators.base import CharacterSpec, ClipRequest
 from vidpipe_tasks.generators.dispatch import GenerationPlan, plan_for, render, save_last_frame
 from vidpipe_tasks.registry import character_assets, register_scene, select_references
@@ -51,8 +51,9 @@ def _complete_clip(settings: Settings, scene: Scene) -> bool:
     clip = scene.clip
     if clip is None:
         return False
-    path = media.absolute(settings.media_root, clip.path)
-    return path.is_file() and path.stat().st_size == clip.size_bytes
+    if not media.usable_file(settings.media_root, clip.path):
+        return False  # missing, or a path that is not ours to open: render it again
+    return media.absolute(settings.media_root, clip.path).stat().st_size == clip.size_bytes
 
 
 def _mark_generated(scene: Scene) -> None:
@@ -61,12 +62,13 @@ def _mark_generated(scene: Scene) -> None:
         scene.analysis_status = scene.registry_status = StageStatus.SKIPPED
 
 
-def _select(session: Session, scene: Scene) -> tuple[dict, dict]:
+def _select(session: Session, scene: Scene, settings: Settings | None = None) -> tuple[dict, dict]:
     """Choose references and record them in the scene manifest (manifest projects only)."""
     project = scene.project
     if project.manifest_id is None:
         return {}, {}
-    chosen = select_references(session, project.manifest_id, scene.characters)
+    usable = None if settings is None else lambda a: usable_reference(settings, a)
+    chosen = select_references(session, project.manifest_id, scene.characters, usable=usable)
     sm = scene.scene_manifest or SceneManifest(scene_id=scene.id)
     sm.selected_reference_tags = {c: a.tag for c, a in chosen.items()}
     sm.manifest_json = {
@@ -163,7 +165,7 @@ def _scene_clip_request(settings: Settings, session: Session, scene: Scene, plan
         # Polling again: the registry may have grown since the submission; keep what the job was sent.
         refs = {c: r["reference_image"] for c, r in scene.scene_manifest.manifest_json.get("references", {}).items()}
     else:
-        chosen, _ = _select(session, scene)
+        chosen, _ = _select(session, scene, settings)
         refs = {c: a.reference_image for c, a in chosen.items()}
     extra = {"negative_prompt": plan.negative_prompt}
     if plan.chains_frames and scene.scene_index > 1:
@@ -233,13 +235,13 @@ def analysis_request(settings: Settings, ref: dict) -> dict | None:
     Returns None for a scene already registered (a duplicate delivery).
 
     Raises:
-        SkipDelivery: the scene has no clip yet (an out-of-order delivery).
+        MessageIgnored: the scene has no clip yet (an out-of-order delivery) or the message is malformed.
 
     """
+    project_id, scene_index = message_ids(ref)
     with session_scope(settings.database_url) as s:
-        scene = load_scene(s, ref["project_id"], ref["scene_index"])
-        if scene.clip is None:
-            raise SkipDelivery(f"analysis of scene {scene.scene_index} delivered before its clip exists")
+        scene = load_scene(s, project_id, scene_index)
+        _require_generated(scene, "analyze_clip")
         if scene.scene_manifest is not None and scene.scene_manifest.registered_at is not None:
             # A redelivery after the scene was committed: nothing to analyse, and no finished state to touch.
             return None
@@ -256,7 +258,7 @@ def analysis_request(settings: Settings, ref: dict) -> dict | None:
                 "reference_image": a.reference_image,
             }
             for a in character_assets(s, scene.project.manifest_id)
-            if a.reference_image or a.face_embedding
+            if usable_reference(settings, a) and (a.reference_image or a.face_embedding)
         ]
         previous = s.scalars(
             select(AssetAppearance).where(
@@ -296,11 +298,63 @@ def _previous_visual(session: Session, scene: Scene) -> dict | None:
 
 
 def register_entities(settings: Settings, payload: dict) -> dict:
-    """Commit the analysis of one scene in one transaction, then return (the next scene may start)."""
+    """Commit the analysis of one scene in one transaction, then return (the next scene may start).
+
+    The payload arrived in a message: a scene in the wrong state ignores it (MessageIgnored), and an
+    analysis that breaks the rules of vidpipe_tasks.payloads is registered as a degraded scene with the
+    reason, storing nothing of it.
+    """
+    project_id, scene_index = message_ids(payload)
     with session_scope(settings.database_url) as s:
-        scene = load_scene(s, payload["project_id"], payload["scene_index"])
-        summary = register_scene(s, scene, payload["analysis"])
-    return {"project_id": payload["project_id"], "scene_index": payload["scene_index"], **summary.as_dict()}
+        scene = load_scene(s, project_id, scene_index)
+        analysis = _trusted_analysis(settings, scene, payload)
+        summary = register_scene(s, scene, analysis)
+    return {"project_id": project_id, "scene_index": scene_index, **summary.as_dict()}
+
+
+def message_ids(payload: object) -> tuple[int, int]:
+    """The (project id, scene index) a task message names; anything else is refused."""
+    if not isinstance(payload, dict):
+        raise MessageIgnored("message payload is not an object")
+    ids = payload.get("project_id"), payload.get("scene_index")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in ids):
+        raise MessageIgnored(f"message names no valid project and scene: {ids!r}")
+    return ids
+
+
+def _require_generated(scene: Scene, task: str) -> None:
+    # A chain built by workflow.build_chain never sends these; a crafted or stale message must not fail the project.
+    if scene.project.manifest_id is None:
+        raise MessageIgnored(f"{task} for project {scene.project_id}, which has no manifest: ignored")
+    if scene.clip is None:  # stored in the same transaction that marks generation done
+        raise MessageIgnored(f"{task} for scene {scene.scene_index} of project {scene.project_id}: no clip yet")
+
+
+def _trusted_analysis(settings: Settings, scene: Scene, payload: dict) -> dict:
+    """The payload's analysis if it passes the checks, else a degraded stand-in (logged) storing nothing of it."""
+    from vidpipe_tasks.payloads import PayloadRejected, check_analysis, rejected_analysis
+
+    _require_generated(scene, "register_entities")
+    registered = scene.scene_manifest is not None and scene.scene_manifest.registered_at is not None
+    if not registered and scene.analysis_status != StageStatus.RUNNING:
+        raise MessageIgnored(f"register_entities for scene {scene.scene_index}: its analysis never started")
+    try:
+        check_analysis(
+            payload.get("analysis"), settings.media_root, media.crops_dir(scene.project_id, scene.scene_index)
+        )
+    except PayloadRejected as exc:
+        log.error("project %s scene %s: analysis payload rejected: %s", scene.project_id, scene.scene_index, exc)
+        return rejected_analysis(str(exc))
+    return payload["analysis"]
+
+
+def usable_reference(settings: Settings, asset: object) -> bool:
+    """Whether an asset's stored reference may be opened: none, or a file inside the media root (else logged)."""
+    ref = getattr(asset, "reference_image", None)
+    if ref is None or media.usable_file(settings.media_root, ref):
+        return True
+    log.warning("asset %s: reference %r is not a file inside the media root; skipped", asset.tag, ref)
+    return False
 
 
 def finalize_project(settings: Settings, project_id: int) -> dict:
@@ -332,10 +386,14 @@ _STAGE_OF_TASK = {
 
 
 def mark_failed(settings: Settings, project_id: int, scene_index: int | None, task_name: str, reason: str) -> None:
-    """Record that a task failed for good: its scene stage and the project become FAILED (cancelled stays)."""
+    """Record that a task failed for good: its scene stage and the project become FAILED (cancelled stays).
+
+    The first failure's reason is kept: a project already FAILED is left as it is.
+    """
     with session_scope(settings.database_url) as s:
         project = s.get(Project, project_id)
-        if project is None or project.status in (ProjectStatus.CANCELLED, ProjectStatus.COMPLETED):
+        ended = (ProjectStatus.CANCELLED, ProjectStatus.COMPLETED, ProjectStatus.FAILED)
+        if project is None or project.status in ended:
             return
         log.error("project %s failed in %s (scene %s): %s", project_id, task_name, scene_index, reason)
         project.status, project.finished_at = ProjectStatus.FAILED, datetime.now(UTC)

@@ -32,6 +32,9 @@ def _task(run: TaskRun) -> dict:
         "finished_at": _iso(run.finished_at),
         "outcome": run.outcome,
         "attempts": run.attempts,
+        "retries": run.retries or 0,
+        "polls": run.polls or 0,
+        "crashes": run.crashes or 0,
         "detail": run.detail,
     }
 
@@ -123,11 +126,22 @@ def project_status(session: Session, project_id: int) -> dict:
         "manifest": project.manifest_id,
         "created_at": _iso(project.created_at),
         "finished_at": _iso(project.finished_at),
+        "recovery": _recovery(project),
         "generator": board.get("generator"),
         "budget_usd": board.get("budget_usd"),
         "spend_usd": _spend(jobs),
         "scenes": [_scene(sc, runs, jobs) for sc in project.scenes],
         "project_tasks": [_task(r) for r in runs if r.scene_index is None],
+    }
+
+
+def _recovery(project: Project) -> dict:
+    """How often the recovery sweep resumed the project's chain, and why it last did."""
+    return {
+        "recoveries": project.recoveries or 0,
+        "reason": project.recovery_reason,
+        "chain_epoch": project.chain_epoch or 0,
+        "lease_until": _iso(project.lease_until),
     }
 
 
@@ -143,6 +157,9 @@ def _fmt_score(value: float | None) -> str:
 def render_text(status: dict) -> str:
     """A compact human-readable view of project_status()."""
     lines = [f"project {status['project_id']} [{status['status']}] {status['title']}"]
+    recovery = status.get("recovery") or {}
+    if recovery.get("recoveries"):
+        lines.append(f"  recovered automatically {recovery['recoveries']} time(s); last: {recovery['reason']}")
     if status.get("spend_usd") or status.get("budget_usd") is not None:
         budget = status.get("budget_usd")
         lines.append(f"  spend: ${status['spend_usd']:.2f}" + (f" of ${budget:.2f}" if budget is not None else ""))
@@ -156,6 +173,8 @@ def render_text(status: dict) -> str:
         )
         if sc["degraded_reason"]:
             lines.append(f"    degraded: {sc['degraded_reason']}")
+        if sc.get("failure_reason"):
+            lines.append(f"    failed: {sc['failure_reason']}")
         for j in sc.get("generation_jobs", []):
             error = f" {j['error']['reason']}: {j['error']['message']}" if j["error"] else ""
             lines.append(
@@ -163,7 +182,8 @@ def render_text(status: dict) -> str:
                 f" resubmitted={j['resubmissions']}{error}"
             )
         for t in sc["tasks"]:
-            lines.append(f"    {t['name']:<26} {t['outcome']:<9} queue={t['queue']} worker={t['worker']}")
+            extra = "".join(f" {k}={t[k]}" for k in ("retries", "polls", "crashes") if t.get(k))
+            lines.append(f"    {t['name']:<26} {t['outcome']:<9} queue={t['queue']} worker={t['worker']}{extra}")
     return "\n".join(lines)
 
 
@@ -203,6 +223,8 @@ def _summary(project: Project, scenes: list[tuple[Scene, float | None]], now: da
         "created_at": _iso(project.created_at),
         "finished_at": _iso(project.finished_at),
         "age_s": round((now - created).total_seconds(), 1),
+        "recoveries": project.recoveries or 0,
+        "recovery_reason": project.recovery_reason,
     }
 
 

@@ -2,16 +2,49 @@
 
 from __future__ import annotations
 
-import json
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vidpipe_tasks.limits import InputLimits
+from vidpipe_tasks.safe_load import InputFileError, decode_utf8, parse_document, read_limited
 
 TAG_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
 Tag = Annotated[str, Field(pattern=TAG_PATTERN)]
+
+#: Longest scene or asset description, in characters (the caption shows one line of it).
+MAX_DESCRIPTION_CHARS = 2000
+#: Longest title, name and reference path, in characters.
+MAX_TITLE_CHARS, MAX_NAME_CHARS, MAX_PATH_CHARS = 300, 200, 1024
+#: Most problems reported per storyboard (a hostile file could otherwise print millions of lines).
+MAX_PROBLEMS = 50
+
+
+def _refuse_controls(value: str, allowed: str) -> str:
+    for i, char in enumerate(value):
+        category = unicodedata.category(char)
+        # Cc: NUL and other control characters (PostgreSQL refuses NUL in text); Cs: lone surrogates,
+        # which JSON "\ud800" escapes produce and no UTF-8 encoder accepts.
+        if (category == "Cc" and char not in allowed) or category == "Cs":
+            raise ValueError(f"control character U+{ord(char):04X} at position {i} is not allowed")
+    return value
+
+
+def _line(value: str) -> str:
+    return _refuse_controls(value, "")
+
+
+def _text(value: str) -> str:
+    return _refuse_controls(value, "\n\t")
+
+
+#: One line of text (titles, names, paths) and free text (descriptions: newlines and tabs allowed).
+Line = Annotated[str, AfterValidator(_line)]
+Text = Annotated[str, Field(max_length=MAX_DESCRIPTION_CHARS), AfterValidator(_text)]
+Name = Annotated[Line, Field(min_length=1, max_length=MAX_NAME_CHARS)]
 
 
 class StoryboardError(ValueError):
@@ -35,7 +68,8 @@ def check_size(value: str | None) -> str | None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion (true is not 1, "12" is not 12); no NaN or infinity.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ClipFormat(_Strict):
@@ -43,7 +77,7 @@ class ClipFormat(_Strict):
 
     duration_s: float = Field(4.0, gt=0, le=60)
     fps: int = Field(12, ge=1, le=60)
-    size: str = "640x360"
+    size: str = Field("640x360", max_length=16)
 
     @field_validator("size")
     @classmethod
@@ -64,36 +98,36 @@ class AssetSpec(_Strict):
 
     type: Literal["character", "location", "prop"]
     tag: Tag
-    name: str = Field(min_length=1, max_length=200)
-    description: str = ""
+    name: Name
+    description: Text = ""
     #: Path relative to the storyboard file, or a stock URI such as "stock:face/t1-0".
-    reference_image: str | None = None
+    reference_image: Annotated[Line, Field(min_length=1, max_length=MAX_PATH_CHARS)] | None = None
 
 
 class ManifestSpec(_Strict):
     """A reusable asset library; projects naming the same manifest share its registry."""
 
-    name: str = Field(min_length=1, max_length=200)
-    assets: list[AssetSpec] = Field(default_factory=list)
+    name: Name
+    assets: list[AssetSpec] = Field(default_factory=list, max_length=200)
 
 
 class CastMember(_Strict):
     """A character with no reference yet: the generator invents it until analysis registers its face."""
 
     tag: Tag
-    name: str = Field(min_length=1, max_length=200)
-    description: str = ""
+    name: Name
+    description: Text = ""
 
 
 class SceneSpec(_Strict):
     """One scene; clip format fields fall back to the storyboard's defaults."""
 
-    description: str = Field(min_length=1)
+    description: Annotated[Text, Field(min_length=1)]
     location: Tag | None = None
     characters: list[Tag] = Field(default_factory=list, max_length=4)
     duration_s: float | None = Field(None, gt=0, le=60)
     fps: int | None = Field(None, ge=1, le=60)
-    size: str | None = None
+    size: str | None = Field(None, max_length=16)
 
     @field_validator("size")
     @classmethod
@@ -104,11 +138,12 @@ class SceneSpec(_Strict):
 class Storyboard(_Strict):
     """A project: title, optional manifest, cast without references, and ordered scenes."""
 
-    title: str = Field(min_length=1, max_length=300)
+    title: Annotated[Line, Field(min_length=1, max_length=MAX_TITLE_CHARS)]
     manifest: ManifestSpec | None = None
-    characters: list[CastMember] = Field(default_factory=list)
+    characters: list[CastMember] = Field(default_factory=list, max_length=200)
     defaults: ClipFormat = Field(default_factory=ClipFormat)
-    scenes: list[SceneSpec] = Field(min_length=1, max_length=200)
+    #: A hard ceiling; the per-project quota (VIDPIPE_MAX_PROJECT_SCENES) is usually lower.
+    scenes: list[SceneSpec] = Field(min_length=1, max_length=1000)
     #: Clip generator for this project ("procedural", "comfyui", "veo"); unset: VIDPIPE_GENERATOR.
     generator: Literal["procedural", "comfyui", "veo"] | None = None
     #: Spend limit for remote generation, USD: the project stops before a job that would exceed it.
@@ -151,56 +186,82 @@ def _no_duplicates(values: list[str], where: str) -> None:
         raise ValueError(f"{where}: duplicate {sorted(seen)}")
 
 
-def _read(path: Path) -> object:
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json":
-        return json.loads(text)
-    return yaml.safe_load(text)
-
-
 def _field(loc: tuple) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
-def load_storyboard(path: Path) -> Storyboard:
+def printable(text: str, limit: int = 300) -> str:
+    """`text` safe for one line of a terminal: control characters escaped, long text cut."""
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
+    return out + ("..." if len(text) > limit else "")
+
+
+def read_storyboard_data(path: Path, limits: InputLimits) -> object:
+    """Read and parse one storyboard file (size-limited, strict YAML/JSON).
+
+    Raises:
+        StoryboardError: with one (file, "(file)", reason) problem.
+
+    """
+    name = str(path)
+    try:
+        data = read_limited(path, min(limits.max_input_bytes, limits.max_storyboard_bytes), _size_setting(limits))
+        return parse_document(decode_utf8(data), path.suffix, limits.max_nesting_depth)
+    except FileNotFoundError:
+        raise StoryboardError([(name, "(file)", "no such file")]) from None
+    except InputFileError as exc:
+        raise StoryboardError([(name, "(file)", printable(str(exc)))]) from None
+
+
+def _size_setting(limits: InputLimits) -> str:
+    if limits.max_storyboard_bytes <= limits.max_input_bytes:
+        return "VIDPIPE_MAX_STORYBOARD_BYTES"
+    return "VIDPIPE_MAX_INPUT_BYTES"
+
+
+def load_storyboard(path: Path, limits: InputLimits | None = None) -> Storyboard:
     """Parse and validate one storyboard file, including its reference images.
 
     Raises:
         StoryboardError: with one (file, field, reason) per problem.
 
     """
-    name = str(path)
-    try:
-        data = _read(path)
-    except FileNotFoundError:
-        raise StoryboardError([(name, "(file)", "no such file")]) from None
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise StoryboardError([(name, "(file)", f"not valid YAML/JSON: {exc}")]) from None
-    return validate_storyboard(data, name, path.parent)
+    limits = limits or InputLimits()
+    return validate_storyboard(read_storyboard_data(path, limits), str(path), path.parent, limits)
 
 
-def validate_storyboard(data: object, name: str, base: Path) -> Storyboard:
+def validate_storyboard(data: object, name: str, base: Path, limits: InputLimits | None = None) -> Storyboard:
     """Validate already parsed storyboard data (a file's content, or one line of a JSONL batch).
 
     Args:
         data: the parsed YAML/JSON value.
         name: how problems name this storyboard (a path, or "batch.jsonl:3").
         base: folder that relative reference images resolve against.
+        limits: size limits and quotas (default: the settings' defaults).
 
     Raises:
         StoryboardError: with one (name, field, reason) per problem.
 
     """
+    limits = limits or InputLimits()
     if not isinstance(data, dict):
         raise StoryboardError([(name, "(top level)", "expected a mapping with title and scenes")])
     try:
         board = Storyboard.model_validate(data)
     except ValidationError as exc:
-        raise StoryboardError([(name, *_field_and_reason(e)) for e in exc.errors()]) from None
-    problems = [(name, f, r) for f, r in _reference_problems(board, base)]
+        problems = [(name, *_field_and_reason(e)) for e in exc.errors(include_url=False)]
+        raise StoryboardError(_capped(problems)) from None
+    problems = [(name, f, r) for f, r in quota_problems(board, limits) + _reference_problems(board, base, limits)]
     if problems:
         raise StoryboardError(problems)
     return board
+
+
+def _capped(problems: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    name = problems[0][0]
+    return [*problems[:MAX_PROBLEMS], (name, "(more)", f"{len(problems) - MAX_PROBLEMS} more problem(s) not shown")]
 
 
 def _field_and_reason(error: dict) -> tuple[str, str]:
@@ -209,12 +270,54 @@ def _field_and_reason(error: dict) -> tuple[str, str]:
     # Cross-field checks run on the whole model and name their field at the start of the reason.
     named = re.match(r"^([a-z_]+(?:\.\w+)*): (.*)$", reason, re.S) if not error["loc"] else None
     if named:
-        return named.group(1), named.group(2)
-    return _field(error["loc"]), reason
+        return named.group(1), printable(named.group(2))
+    return printable(_field(error["loc"]), 120), printable(reason)
 
 
-def _reference_problems(board: Storyboard, base: Path) -> list[tuple[str, str]]:
+def project_totals(board: Storyboard) -> tuple[float, int]:
+    """(seconds of video, pixels rendered) of a storyboard: what its quotas measure."""
+    seconds, pixels = 0.0, 0
+    for scene in board.scenes:
+        fmt = board.clip_format(scene)
+        seconds += fmt.duration_s
+        pixels += round(fmt.duration_s * fmt.fps) * fmt.width * fmt.height
+    return seconds, pixels
+
+
+def quota_problems(board: Storyboard, limits: InputLimits) -> list[tuple[str, str]]:
+    """The per-project quotas this storyboard exceeds, as (field, reason)."""
+    problems = []
+    if len(board.scenes) > limits.max_project_scenes:
+        problems.append(
+            (
+                "scenes",
+                f"{len(board.scenes)} scenes is more than the quota of {limits.max_project_scenes} per project "
+                "(VIDPIPE_MAX_PROJECT_SCENES)",
+            )
+        )
+    seconds, pixels = project_totals(board)
+    if seconds > limits.max_project_seconds:
+        problems.append(
+            (
+                "scenes",
+                f"{seconds:g} s of video in all is more than the quota of {limits.max_project_seconds:g} s per "
+                "project (VIDPIPE_MAX_PROJECT_SECONDS)",
+            )
+        )
+    if pixels > limits.max_project_pixels:
+        problems.append(
+            (
+                "scenes",
+                f"{pixels:,} pixels to render (frames x width x height) is more than the quota of "
+                f"{limits.max_project_pixels:,} per project (VIDPIPE_MAX_PROJECT_PIXELS)",
+            )
+        )
+    return problems
+
+
+def _reference_problems(board: Storyboard, base: Path, limits: InputLimits) -> list[tuple[str, str]]:
     from vidpipe_tasks.generators import stock
+    from vidpipe_tasks.references import reference_problem
 
     problems = []
     for i, asset in enumerate(board.manifest.assets if board.manifest else []):
@@ -227,17 +330,19 @@ def _reference_problems(board: Storyboard, base: Path) -> list[tuple[str, str]]:
                 stock.resolve_stock_uri(ref)
             except ValueError as exc:
                 problems.append((where, str(exc)))
-        elif not (base / ref).is_file():
-            problems.append((where, f"file not found: {base / ref}"))
+            continue
+        reason = reference_problem(base, ref, limits)
+        if reason is not None:
+            problems.append((where, printable(reason)))
     return problems
 
 
-def load_storyboards(paths: list[Path]) -> list[tuple[Path, Storyboard]]:
+def load_storyboards(paths: list[Path], limits: InputLimits | None = None) -> list[tuple[Path, Storyboard]]:
     """Validate every file before any is used; raise one StoryboardError listing all problems."""
     boards, problems = [], []
     for path in paths:
         try:
-            boards.append((path, load_storyboard(path)))
+            boards.append((path, load_storyboard(path, limits)))
         except StoryboardError as exc:
             problems.extend(exc.problems)
     if problems:

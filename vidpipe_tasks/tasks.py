@@ -70,8 +70,10 @@ def finalize_project(self: PipelineTask, ref: dict) -> dict:
     return stages.finalize_project(_settings(), int(ref["project_id"]))
 
 
-@app.task(base=PipelineTask, bind=True, name="vidpipe.recover_stalled")
-def recover_stalled(self: PipelineTask) -> dict:
+# A plain task, outside the run log: beat sends one every few seconds, and a sweep that fails (the database
+# restarting) is simply replaced by the next one.
+@app.task(bind=True, name="vidpipe.recover_stalled", ignore_result=True)
+def recover_stalled(self) -> dict:  # noqa: ANN001 - a celery Task
     """Beat's sweep: resume projects whose chain was lost (nothing running, nothing queued, not finished)."""
     from vidpipe_tasks.recovery import sweep
 

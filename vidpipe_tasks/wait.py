@@ -41,6 +41,9 @@ def progress_line(status: dict, width: int = 20) -> str:
             line += f" scene {stage['scene_index']} {stage['stage']} {stage['status'].lower()}"
             if stage["stage"] == "generation":
                 line += _job_progress(status["scenes"][stage["scene_index"] - 1])
+    failure = next((sc["failure_reason"] for sc in status["scenes"] if sc.get("failure_reason")), None)
+    if status["status"] == "FAILED" and failure:
+        line += f" ({failure})"
     return line
 
 
@@ -101,6 +104,15 @@ class TtyProgress:
         self.out.flush()
 
 
+def _note_recovery(display: PlainProgress | TtyProgress, status: dict, seen: dict[int, int]) -> None:
+    """Say once per recovery that the sweep resumed a lost chain, and why."""
+    recovery = status.get("recovery") or {}
+    count, pid = recovery.get("recoveries", 0), status["project_id"]
+    if count > seen.get(pid, 0):
+        display.note(f"project {pid}: resumed automatically ({count}x): {recovery.get('reason')}")
+    seen[pid] = count
+
+
 def wait_for(
     settings: Settings,
     ids: list[int],
@@ -132,8 +144,11 @@ def wait_for(
     tty = out.isatty() if tty is None else tty
     display = TtyProgress(out) if tty else PlainProgress(out, heartbeat)
     deadline = time.monotonic() + timeout
+    recoveries: dict[int, int] = {}
     while True:
         statuses = [load_status(settings, i) for i in ids]
+        for st in statuses:
+            _note_recovery(display, st, recoveries)
         ended = {st["project_id"] for st in statuses if st["status"] in ENDED}
         display.update({st["project_id"]: progress_line(st) for st in statuses}, ended)
         if all(st["status"] in ENDED for st in statuses):

@@ -42,6 +42,28 @@ def worker_argv(
     return argv
 
 
+def beat_argv(settings: Settings, loglevel: str = "info") -> list[str]:
+    """The celery beat command line: it sends the recovery sweep every `recovery_interval` seconds.
+
+    Run exactly one per installation (two would only sweep twice as often: recovery is compare-and-swap).
+    """
+    schedule = settings.home / "celerybeat-schedule"
+    return [sys.executable, "-m", "celery", "-A", APP, "beat", "-l", loglevel, "--schedule", str(schedule)]
+
+
+def start_beat(settings: Settings, logdir: Path) -> WorkerProcess:
+    """Start celery beat in its own session; its handle's log says "beat: Starting..." once it runs."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    logfile = logdir / "beat.log"
+    env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with logfile.open("w") as out:
+        proc = subprocess.Popen(
+            beat_argv(settings), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return WorkerProcess("beat", [], proc, logfile)
+
+
 @dataclass
 class WorkerProcess:
     """A worker process this program started."""
@@ -52,7 +74,8 @@ class WorkerProcess:
     logfile: Path
 
     def ready(self) -> bool:
-        return self.logfile.is_file() and " ready." in self.logfile.read_text(errors="replace")
+        mark = "beat: Starting" if self.name == "beat" else " ready."
+        return self.logfile.is_file() and mark in self.logfile.read_text(errors="replace")
 
 
 def start_worker(settings: Settings, name: str, queues: list[str], logdir: Path, **options) -> WorkerProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,69 +13,13 @@ from celery.canvas import Signature
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from vidpipe_tasks import media
-from vidpipe_tasks.db.models import (
-    Asset,
-    AssetSource,
-    AssetType,
-    Manifest,
-    Project,
-    ProjectStatus,
-    Scene,
-    StageStatus,
-    TaskRun,
-)
+from vidpipe_tasks.db.models import Project, ProjectStatus, StageStatus, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.inputs import StoryboardInput, load_inputs
 from vidpipe_tasks.queues import BrokerMessage, drop_unacked, project_messages
 from vidpipe_tasks.settings import Settings
-from vidpipe_tasks.storyboard import ManifestSpec, Storyboard
-
-
-def _store_reference(settings: Settings, manifest_id: int, tag: str, source: str, base: Path) -> str:
-    from vidpipe_tasks.generators import stock
-
-    relative = media.upload_path(manifest_id, tag)
-    target = media.absolute(settings.media_root, relative)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if stock.is_stock_uri(source):
-        buf = io.BytesIO()
-        stock.resolve_stock_uri(source).save(buf, format="PNG")
-        target.write_bytes(buf.getvalue())
-    else:
-        from PIL import Image
-
-        with Image.open(base / source) as img:
-            img.convert("RGB").save(target, format="PNG")
-    return relative
-
-
-def upsert_manifest(session: Session, settings: Settings, spec: ManifestSpec, base: Path) -> Manifest:
-    """Find or create the named manifest and add the storyboard's assets it lacks (stored ones are kept)."""
-    manifest = session.scalar(select(Manifest).where(Manifest.name == spec.name))
-    if manifest is None:
-        manifest = Manifest(name=spec.name)
-        session.add(manifest)
-        session.flush()
-    existing = {a.tag for a in session.scalars(select(Asset).where(Asset.manifest_id == manifest.id))}
-    for a in spec.assets:
-        if a.tag in existing:
-            continue
-        asset = Asset(
-            manifest_id=manifest.id,
-            asset_type=AssetType(a.type.upper()),
-            tag=a.tag,
-            name=a.name,
-            character=a.tag if a.type == "character" else None,
-            description=a.description,
-            source=AssetSource.UPLOADED,
-            quality=1.0,
-        )
-        if a.reference_image:
-            asset.reference_image = _store_reference(settings, manifest.id, a.tag, a.reference_image, base)
-        session.add(asset)
-    session.flush()
-    return manifest
+from vidpipe_tasks.storing import store_inputs
+from vidpipe_tasks.storyboard import Storyboard
 
 
 def create_project(settings: Settings, path: Path, board: Storyboard, source: str | None = None) -> int:
@@ -89,32 +32,7 @@ def create_project(settings: Settings, path: Path, board: Storyboard, source: st
         source: what to record as the project's source (default `path`; "batch.jsonl:3" for a batch line).
 
     """
-    with session_scope(settings.database_url) as s:
-        manifest = upsert_manifest(s, settings, board.manifest, path.parent) if board.manifest else None
-        project = Project(
-            title=board.title,
-            manifest_id=manifest.id if manifest else None,
-            source_path=source or str(path),
-            storyboard_json=board.model_dump(mode="json"),
-        )
-        s.add(project)
-        s.flush()
-        for index, spec in enumerate(board.scenes, start=1):
-            fmt = board.clip_format(spec)
-            s.add(
-                Scene(
-                    project_id=project.id,
-                    scene_index=index,
-                    description=spec.description,
-                    location=spec.location,
-                    characters=list(spec.characters),
-                    duration_s=fmt.duration_s,
-                    fps=fmt.fps,
-                    width=fmt.width,
-                    height=fmt.height,
-                )
-            )
-        return project.id
+    return store_inputs(settings, [StoryboardInput(path, None, board)], [source or str(path)])[0]
 
 
 def build_chain(
@@ -367,18 +285,48 @@ def resume(app: Celery, settings: Settings, project_id: int, priority: int | Non
     return ResumeReport(project_id, root_id, stale)
 
 
+class QueueingFailed(RuntimeError):
+    """The batch was stored, but some of its projects could not be queued.
+
+    Those projects stay PENDING with no chain root: automatic recovery picks them up after its grace
+    period, and `vidpipe resume ID` queues one at once.
+    """
+
+    def __init__(self, ids: list[int], failed: list[tuple[int, str]]) -> None:
+        #: Every project stored, in input order; `failed` holds (project id, reason) for those not queued.
+        self.ids, self.failed = ids, failed
+        super().__init__(f"{len(failed)} project(s) stored but not queued")
+
+    @property
+    def queued(self) -> list[int]:
+        not_queued = {project_id for project_id, _ in self.failed}
+        return [i for i in self.ids if i not in not_queued]
+
+
 def submit_inputs(
     app: Celery, settings: Settings, inputs: Sequence[StoryboardInput], priority: int | None = None
 ) -> list[int]:
-    """Store and queue already validated storyboards, one project each; returns the project ids in order.
+    """Store already validated storyboards in one transaction, then queue each; returns the project ids in order.
 
     Raises:
-        StoryboardError: a project's generator cannot run here (no key, template or server); nothing is stored.
+        StoryboardError, BatchNotStored: nothing was stored (see storing.store_inputs).
+        QueueingFailed: everything was stored; the projects it lists were not queued.
+        StoryboardError: also when a project's generator cannot run here (no key, template or server).
+
     """
     check_generators(settings, inputs)
-    ids = [create_project(settings, i.path, i.board, i.source) for i in inputs]
+    ids = store_inputs(settings, inputs)
+    failed: list[tuple[int, str]] = []
     for project_id in ids:
-        enqueue_project(app, settings, project_id, priority)
+        if failed:  # the broker just failed: do not wait out its retries once per project
+            failed.append((project_id, f"not tried after project {failed[0][0]} failed"))
+            continue
+        try:
+            enqueue_project(app, settings, project_id, priority)
+        except Exception as exc:  # noqa: BLE001 - any broker or backend error; reported per project
+            failed.append((project_id, " ".join(f"{type(exc).__name__}: {exc}".split())[:300]))
+    if failed:
+        raise QueueingFailed(ids, failed)
     return ids
 
 
@@ -398,7 +346,7 @@ def submit(app: Celery, settings: Settings, sources: Sequence[str | Path], prior
 
     Nothing is stored or queued while any input is wrong (StoryboardError lists every problem).
     """
-    return submit_inputs(app, settings, load_inputs(sources), priority)
+    return submit_inputs(app, settings, load_inputs(sources, settings.input_limits), priority)
 
 
 def purge_queue_folder(settings: Settings) -> int:

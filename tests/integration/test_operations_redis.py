@@ -240,6 +240,24 @@ def test_resume_after_a_killed_worker_completes_the_project_without_duplicate_cl
         pairs = s.execute(select(AssetAppearance.asset_id, AssetAppearance.scene_index)).all()
     assert len(pairs) == len(set(pairs))
     redo = [r.outcome for r in runs_of(ops, project) if r.scene_index == lost.scene_index and "generate" in r.task_name]
-    assert redo == ["running", "success"]  # the killed run never finished; the resumed one did
+    assert redo == ["abandoned", "success"]  # the killed run was closed by resume; the resumed one finished
     again = vidpipe(ops, "resume", str(project))
     assert again.returncode == 1 and "no scene left" in again.stderr
+
+
+def test_a_chain_resumed_by_the_recovery_sweep_is_served_before_the_backlog(ops: Settings) -> None:
+    from vidpipe_tasks.queues import broker_messages, serve_next
+    from vidpipe_tasks.workflow import enqueue_project
+
+    app = create_app(ops)
+    backlog = [create_project(ops, i.path, i.board, i.source) for i in load_inputs([DATA / "ops_batch.jsonl"])]
+    for project_id in backlog:
+        enqueue_project(app, ops, project_id)
+    (resumed,) = [create_project(ops, i.path, i.board, i.source) for i in load_inputs([DATA / "ops_short.yaml"])]
+    root = enqueue_project(app, ops, resumed)
+    assert serve_next(app, ops, root) is True
+    broker = redis.Redis.from_url(ops.broker_url)
+    _key, raw = broker.brpop([GENERATION_QUEUE], timeout=5)
+    assert json.loads(raw)["headers"]["id"] == root  # taken first, though queued last
+    assert sorted(m.project_id for m in broker_messages(app, ops)) == sorted(backlog)
+    assert serve_next(app, ops, "no-such-task") is False

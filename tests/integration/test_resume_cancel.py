@@ -38,6 +38,41 @@ def running_generation(settings, project_id: int) -> TaskRun | None:
         return s.scalar(stmt)
 
 
+def test_with_beat_running_a_project_whose_worker_died_mid_task_completes_by_itself(tmp_path) -> None:
+    from vidpipe_tasks.workers import start_beat
+
+    settings = make_settings(tmp_path / "auto", heartbeat_interval=1.0, lease_ttl=3.0, recovery_interval=1.5)
+    board = example_path("lighthouse.yaml")
+    project = create_project(settings, board, load_storyboard(board))
+    logs = settings.home / "logs"
+    gen = start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs)
+    workers = [gen, start_worker(settings, "cv", [CV_QUEUE], logs), start_beat(settings, logs)]
+    try:
+        wait_ready(workers)
+        enqueue_project(create_app(settings), settings, project)
+        # Given the generation worker killed whole while it renders a later scene (the embedded broker
+        # handed the message over: it is gone with the worker), and a new worker started in its place
+        deadline = time.monotonic() + 180
+        while (run := running_generation(settings, project)) is None:
+            assert time.monotonic() < deadline, "no later scene started"
+            time.sleep(0.02)
+        os.killpg(gen.process.pid, signal.SIGKILL)
+        gen.process.wait()
+        workers[0] = start_worker(settings, "gen2", [GENERATION_QUEUE, REGISTRY_QUEUE], logs)
+        # Then, with nobody calling resume, the sweep finds the chain lost and the project completes
+        waited = vidpipe(settings, "wait", str(project), "--timeout", "300")
+    finally:
+        stop_workers(workers)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert f"project {project}: resumed automatically (1x): chain lost" in waited.stdout
+    with session_scope(settings.database_url) as s:
+        assert s.scalar(select(func.count()).select_from(Clip)) == 4
+        assert s.scalars(select(Asset.tag).where(Asset.tag.like("wren%"))).all() == ["wren"]
+        assert s.scalar(select(TaskRun.outcome).where(TaskRun.task_id == run.task_id)) == "abandoned"
+        reason = s.get(Project, project).recovery_reason
+        assert f"last task generate_clip scene {run.scene_index} on gen@" in reason and "was running" in reason
+
+
 def test_resume_completes_a_project_whose_worker_died_mid_task_without_duplicates(settings) -> None:
     board = example_path("lighthouse.yaml")
     project = create_project(settings, board, load_storyboard(board))

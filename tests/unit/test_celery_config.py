@@ -79,3 +79,29 @@ def test_generation_and_analysis_limits_follow_settings_with_a_soft_limit_first(
     on_redis = replace(settings, broker_url="redis://127.0.0.1:6379/0", visibility_timeout=1000)
     with pytest.raises(ValueError, match="must exceed the longest task time limit"):
         celery_config(on_redis)
+
+
+def test_the_embedded_broker_writes_each_message_file_whole_before_a_worker_can_list_it(tmp_path, monkeypatch) -> None:
+    import os
+
+    from vidpipe_tasks import fsbroker
+    from vidpipe_tasks.settings import prepare_folders
+
+    settings = load_settings({"VIDPIPE_HOME": str(tmp_path)})
+    prepare_folders(settings)
+    app = create_app(settings)
+    seen_while_writing: list[list[str]] = []
+    real_replace = os.replace
+
+    def replace_and_look(src, dst):  # what a consumer listing the folder sees just before the rename
+        seen_while_writing.append(sorted(p.name for p in (settings.broker_dir / "queue").iterdir()))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fsbroker.os, "replace", replace_and_look)
+    with app.connection() as conn:
+        assert isinstance(conn.transport, fsbroker.Transport)
+    app.send_task("vidpipe.finalize_project", args=({"project_id": 1},))
+    (listing,) = seen_while_writing
+    assert [n for n in listing if n.endswith(".msg")] == []  # only the temp name existed until then
+    (message,) = (settings.broker_dir / "queue").glob("*.registry.msg")
+    assert message.stat().st_size > 0

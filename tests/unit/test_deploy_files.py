@@ -475,7 +475,7 @@ def test_kubernetes_workers_mount_the_shared_media_claim_at_the_media_root(k8s: 
     claims = k8s_objects(k8s, "PersistentVolumeClaim")
     assert claims["vidpipe-media"]["spec"]["accessModes"] == ["ReadWriteMany"]
     for name, workload in {**k8s_objects(k8s, "Deployment"), **k8s_objects(k8s, "Job")}.items():
-        if name == "vidpipe-flower":
+        if name in ("vidpipe-flower", "vidpipe-beat"):  # neither reads media (the sweep runs on registry workers)
             continue
         volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
         (container,) = pod_containers(workload)
@@ -569,7 +569,9 @@ def test_kubernetes_flower_takes_its_login_from_the_secret_and_is_scraped_for_me
 # --- systemd -------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["vidpipe-worker@.service", "vidpipe-cv@.service", "vidpipe-flower.service"])
+@pytest.mark.parametrize(
+    "name", ["vidpipe-worker@.service", "vidpipe-cv@.service", "vidpipe-flower.service", "vidpipe-beat.service"]
+)
 def test_systemd_unit_reads_the_shared_env_file_and_stops_with_sigterm(name: str) -> None:
     parsed = unit(name)
     assert {"Unit", "Service", "Install"} <= set(parsed.sections())
@@ -599,6 +601,17 @@ def test_systemd_cv_template_pins_one_gpu_per_instance_and_outlasts_the_launcher
     (slot,) = plan_slots("cuda", int(options["--processes"]), discover_gpus({"CUDA_VISIBLE_DEVICES": "3"}))
     assert slot.name == "cv-gpu3" and slot.env["CUDA_VISIBLE_DEVICES"] == "3"
     assert duration_s(service["TimeoutStopSec"]) > required_grace_s([CV_QUEUE])
+
+
+def test_every_deploy_target_runs_exactly_one_beat_for_the_recovery_sweep(compose: dict, k8s: list[dict]) -> None:
+    beats = [n for n, s in vidpipe_services(compose).items() if service_argv(s) == ["vidpipe", "beat"]]
+    assert beats == ["beat"] and compose["services"]["beat"]["restart"] == "unless-stopped"
+    (deployment,) = [
+        d for d in k8s_objects(k8s, "Deployment").values() if container_argv(pod_containers(d)[0])[1:] == ["beat"]
+    ]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    argv = shlex.split(unit("vidpipe-beat.service")["Service"]["ExecStart"])
+    assert Path(argv[0]).name == "vidpipe" and build_parser().parse_args(argv[1:]).command == "beat"
 
 
 def test_systemd_flower_unit_runs_vidpipe_flower() -> None:

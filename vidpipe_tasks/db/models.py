@@ -244,7 +244,8 @@ class TaskRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: "running"; "retrying" or "polling" (a retry is scheduled); "success", "degraded", "failure",
     #: "cancelled"; "stale" (from a superseded chain) or "duplicate" (a redelivery of a finished task whose
-    #: chain went on), both skipped; "abandoned" (closed by resume or recovery: its worker was lost).
+    #: chain went on), both skipped; "ignored" (an out-of-order or malformed message);
+    #: "abandoned" (closed by resume or recovery: its worker was lost).
     outcome: Mapped[str] = mapped_column(String(20), default="running")
     detail: Mapped[str | None] = mapped_column(Text)
 

@@ -164,14 +164,29 @@ def _caption_bar(text: str, width: int, height: int) -> Image.Image:
     bar = Image.new("RGBA", (width, height), (0, 0, 0, 150))
     font = ImageFont.load_default(size=max(8, round(height * 0.6)))
     draw = ImageDraw.Draw(bar)
-    text = " ".join(text.split())
     limit = width - 2 * max(4, height // 3)
-    if draw.textlength(text, font=font) > limit:
-        while text and draw.textlength(text + "…", font=font) > limit:
-            text = text[:-1]
-        text = text.rstrip() + "…"
+    text = fit_caption(" ".join(text.split()), lambda t: draw.textlength(t, font=font), limit)
     draw.text((max(4, height // 3), height / 2), text, font=font, fill=(235, 235, 235, 255), anchor="lm")
     return bar
+
+
+def fit_caption(text: str, measure: Callable[[str], float], limit: float) -> str:
+    """The longest prefix of `text` (plus "…" when cut) that `measure` says fits in `limit` pixels.
+
+    Linear in the text's length: no glyph is narrower than a pixel, so at most `limit` characters can
+    fit, and a binary search over that prefix measures O(log limit) strings of at most `limit` characters.
+    """
+    if measure(text[: int(limit) + 1]) <= limit and len(text) <= limit:
+        return text
+    text = text[: int(limit) + 1]
+    lo, hi = 0, len(text)  # the longest fitting prefix length lies in [lo, hi)
+    while lo < hi - 1:
+        mid = (lo + hi) // 2
+        if measure(text[:mid] + "…") <= limit:
+            lo = mid
+        else:
+            hi = mid
+    return text[:lo].rstrip() + "…"
 
 
 class _Frames:

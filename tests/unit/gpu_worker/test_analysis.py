@@ -89,6 +89,18 @@ def test_a_failure_becomes_a_degraded_result_with_its_reason(rendered, engine) -
     assert result["continuity"]["score"] is None and len(result["continuity"]["missing"]) == 4
 
 
+def test_an_infrastructure_error_during_analysis_is_raised_for_a_retry_never_recorded_as_degraded(
+    rendered, engine
+) -> None:
+    import redis
+
+    def backend_down(step: str, done: int, total: int) -> None:
+        raise redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    with pytest.raises(redis.exceptions.ConnectionError):
+        analyze_clip_safely(request(), rendered, engine, progress=backend_down)
+
+
 @pytest.fixture(scope="module")
 def tiny_embedder(tmp_path_factory):
     from gpu_worker.embedder import ClipEmbedder
