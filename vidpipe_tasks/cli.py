@@ -1,4 +1,4 @@
-"""The `vidpipe` command: demo, submit, worker, beat, status, wait, resume, cancel, queues, assets, models, db."""
+"""The `vidpipe` command: submit, workers, status, wait, resume, cancel, queues, assets, generators, models, db."""
 
 from __future__ import annotations
 
@@ -174,6 +174,17 @@ def cmd_wait(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_generators(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    from vidpipe_tasks.db.migrate import prepare_installation
+    from vidpipe_tasks.generators.report import generators_report, render_generators
+
+    prepare_installation(settings)
+    report = generators_report(settings, probe=not args.no_probe)
+    print(json.dumps(report, indent=2) if args.json else render_generators(report))
+    return 0
+
+
 def cmd_queues(args: argparse.Namespace) -> int:
     settings = _settings(args)
     from vidpipe_tasks.celery_app import app
@@ -341,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     queues.add_argument("--no-workers", action="store_true", help="only the queue depths (no broadcast)")
     queues.set_defaults(func=cmd_queues)
 
+    generators = sub.add_parser(
+        "generators", help="clip generators: configuration problems, ComfyUI queue depths, jobs in flight"
+    )
+    generators.add_argument("--json", action="store_true")
+    generators.add_argument("--no-probe", action="store_true", help="do not ask ComfyUI servers for their queues")
+    generators.set_defaults(func=cmd_generators)
     models = sub.add_parser("models", help="CV engines usable on this host; stage weights for offline GPU nodes")
     models.add_argument("action", choices=["status", "stage"])
     models.add_argument("--json", action="store_true", help="status: machine-readable")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from vidpipe_tasks.limits import InputLimits
@@ -19,6 +19,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "face_engine": ("auto", "insightface", "dlib-offline"),
     "embedder": ("auto", "open_clip", "none"),
     "cv_device": ("auto", "cuda", "cpu"),
+    "comfyui_choice": ("least-queued", "first-up"),
+    "content_policy": ("fail-project", "skip-scene"),
 }
 
 
@@ -126,6 +128,31 @@ class Settings:
     max_project_pixels: int = InputLimits.max_project_pixels
     max_batch_projects: int = InputLimits.max_batch_projects
     max_batch_seconds: float = InputLimits.max_batch_seconds
+    # --- Remote generators (issue 9): ComfyUI and Veo, provider jobs, limits and prices. ---
+    #: ComfyUI servers, comma separated base URLs (e.g. "http://gpu1:8188,http://gpu2:8188").
+    comfyui_servers: str = ""
+    #: API-format workflow template for ComfyUI (empty: the shipped Wan 2.2 image-to-video template).
+    comfyui_template: str = ""
+    #: How a ComfyUI server is chosen for a new job: "least-queued" (GET /queue on each) or "first-up".
+    comfyui_choice: str = "least-queued"
+    #: Veo model (Gemini API), e.g. "veo-3.0-generate-001".
+    veo_model: str = "veo-3.0-generate-001"
+    #: Gemini API key (never logged: Settings' repr hides it).
+    veo_api_key: str = field(default="", repr=False)
+    #: Gemini API base URL (empty: the SDK's default); tests point it at the fake.
+    veo_base_url: str = ""
+    #: Price per generated second, USD, as "provider[:model]=price" pairs, comma separated.
+    generation_prices: str = "veo:veo-3.0-generate-001=0.40,veo:veo-3.0-fast-generate-001=0.15,veo=0.40,comfyui=0.02"
+    #: Most provider jobs in flight at once per provider, across all workers.
+    generation_max_concurrent: int = 4
+    #: Most submissions per minute per provider, across all workers.
+    generation_submits_per_minute: int = 30
+    #: Seconds a scene's provider job may take from its first submission before the scene fails.
+    scene_deadline_s: int = 1800
+    #: Seconds between polls of a provider job (the task is re-queued with this countdown in between).
+    generation_poll_s: float = 15.0
+    #: What a content-policy block does: "fail-project" or "skip-scene" (the chain goes on without it).
+    content_policy: str = "fail-project"
 
     def __post_init__(self) -> None:
         for field_name, allowed in CHOICES.items():
@@ -146,6 +173,9 @@ class Settings:
             "max_task_crashes",
             "max_recoveries",
             *LIMIT_FIELDS,
+            "generation_max_concurrent",
+            "generation_submits_per_minute",
+            "scene_deadline_s",
         ):
             if getattr(self, field_name) < 1:
                 raise ValueError(f"VIDPIPE_{field_name.upper()} must be at least 1")

@@ -19,8 +19,9 @@ from vidpipe_tasks.db.models import (
     StageStatus,
 )
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.errors import MessageIgnored, ProjectCancelled
+from vidpipe_tasks.errors import MessageIgnored, PermanentStageError, ProjectCancelled
 from vidpipe_tasks.generators.base import CharacterSpec, ClipRequest
+from vidpipe_tasks.generators.dispatch import GenerationPlan, plan_for, render, save_last_frame
 from vidpipe_tasks.registry import character_assets, register_scene, select_references
 from vidpipe_tasks.settings import Settings
 
@@ -83,7 +84,11 @@ def _select(session: Session, scene: Scene, settings: Settings | None = None) ->
 
 
 def generate_scene(settings: Settings, project_id: int, scene_index: int) -> dict:
-    """Select references from the registry and render the scene's clip; reuse a complete stored clip."""
+    """Select references from the registry and render the scene's clip; reuse a complete stored clip.
+
+    With a remote generator this runs once per poll: it raises JobPending while the provider job runs
+    (the task policy re-queues it without holding a worker slot) and returns once the clip is stored.
+    """
     with session_scope(settings.database_url) as s:
         scene = load_scene(s, project_id, scene_index)
         _remove_temps_of_killed_attempts(settings, media.scene_dir(project_id, scene_index))
@@ -96,18 +101,21 @@ def generate_scene(settings: Settings, project_id: int, scene_index: int) -> dic
         if scene.project.status == ProjectStatus.PENDING:
             scene.project.status = ProjectStatus.RUNNING
         scene.generation_status = StageStatus.RUNNING
-        chosen, _ = _select(s, scene, settings)
-        request = _clip_request(settings, scene, chosen)
-    from vidpipe_tasks.generators import get_generator  # renderer imports stay off the registry path
-
-    info = get_generator(settings.generator).generate(request)
+        plan = plan_for(settings, scene.project.storyboard_json or {})
+        request = _scene_clip_request(settings, s, scene, plan)
+    try:
+        info = render(settings, plan, request)
+    except PermanentStageError as exc:
+        if exc.reason == "content_policy" and settings.content_policy == "skip-scene":
+            return _skip_scene(settings, project_id, scene_index, exc)
+        raise
     with session_scope(settings.database_url) as s:
         scene = load_scene(s, project_id, scene_index)
         clip = scene.clip or Clip(scene_id=scene.id)
         clip.path = media.clip_path(project_id, scene_index)
         clip.size_bytes = info.path.stat().st_size
         clip.frame_count, clip.fps, clip.width, clip.height = info.frame_count, info.fps, info.width, info.height
-        clip.generator, clip.appearances = settings.generator, dict(info.appearances)
+        clip.generator, clip.appearances = plan.generator, dict(info.appearances)
         scene.clip = clip
         _mark_generated(scene)
         s.flush()
@@ -150,11 +158,58 @@ def _adopt_orphan_clip(settings: Settings, scene: Scene) -> None:
     )
 
 
-def _clip_request(settings: Settings, scene: Scene, chosen: dict) -> ClipRequest:
+def _scene_clip_request(settings: Settings, session: Session, scene: Scene, plan: GenerationPlan) -> ClipRequest:
+    """The clip request; while a provider job is in flight, from the references it was submitted with."""
+    in_flight = plan.is_remote and _job_in_flight(session, scene)
+    if in_flight and scene.scene_manifest is not None:
+        # Polling again: the registry may have grown since the submission; keep what the job was sent.
+        refs = {c: r["reference_image"] for c, r in scene.scene_manifest.manifest_json.get("references", {}).items()}
+    else:
+        chosen, _ = _select(session, scene, settings)
+        refs = {c: a.reference_image for c, a in chosen.items()}
+    extra = {"negative_prompt": plan.negative_prompt}
+    if plan.chains_frames and scene.scene_index > 1:
+        extra["first_frame"] = _first_frame(settings, session, scene)
+    return _clip_request(settings, scene, refs, extra)
+
+
+def _job_in_flight(session: Session, scene: Scene) -> bool:
+    from vidpipe_tasks.generators.remote import ACTIVE_STATES, current_job
+
+    job = current_job(session, scene.project_id, scene.scene_index)
+    return job is not None and job.state in (*ACTIVE_STATES, "succeeded")
+
+
+def _first_frame(settings: Settings, session: Session, scene: Scene) -> str | None:
+    """Scene N-1's last frame as a PNG beside this scene's clip (None when the previous clip is missing)."""
+    previous = session.scalar(
+        select(Scene).where(Scene.project_id == scene.project_id, Scene.scene_index == scene.scene_index - 1)
+    )
+    if previous is None or previous.clip is None or not _complete_clip(settings, previous):
+        return None
+    clip = media.absolute(settings.media_root, previous.clip.path)
+    folder = media.scene_dir(scene.project_id, scene.scene_index)
+    dest = media.absolute(settings.media_root, f"{folder}/first_frame.png")
+    return str(save_last_frame(clip, dest))
+
+
+def _skip_scene(settings: Settings, project_id: int, scene_index: int, exc: PermanentStageError) -> dict:
+    """Content policy with VIDPIPE_CONTENT_POLICY=skip-scene: the scene has no clip and the chain goes on."""
+    log.warning("project %s scene %s skipped: %s", project_id, scene_index, exc)
+    with session_scope(settings.database_url) as s:
+        scene = load_scene(s, project_id, scene_index)
+        scene.generation_status = StageStatus.SKIPPED
+        scene.analysis_status = scene.registry_status = StageStatus.SKIPPED
+        return {**scene_ref(scene), "skipped": True, "reason": exc.reason, "detail": exc.detail}
+
+
+def _clip_request(
+    settings: Settings, scene: Scene, refs: dict[str, str | None], extra: dict | None = None
+) -> ClipRequest:
     characters = tuple(
         CharacterSpec(
             tag=c,
-            reference_image=media.absolute(settings.media_root, chosen[c].reference_image) if c in chosen else None,
+            reference_image=media.absolute(settings.media_root, refs[c]) if refs.get(c) else None,
         )
         for c in scene.characters
     )
@@ -170,6 +225,7 @@ def _clip_request(settings: Settings, scene: Scene, chosen: dict) -> ClipRequest
         height=scene.height,
         output_path=media.absolute(settings.media_root, media.clip_path(scene.project_id, scene.scene_index)),
         seed=scene.project_id,
+        extra=extra or {},
     )
 
 
@@ -310,7 +366,9 @@ def finalize_project(settings: Settings, project_id: int) -> dict:
         if project.status == ProjectStatus.CANCELLED:
             raise ProjectCancelled(f"project {project_id} was cancelled")
         finished = all(
-            sc.registry_status in (StageStatus.DONE, StageStatus.SKIPPED) and sc.generation_status == StageStatus.DONE
+            sc.registry_status in (StageStatus.DONE, StageStatus.SKIPPED)
+            # SKIPPED generation: a scene content policy blocked, with VIDPIPE_CONTENT_POLICY=skip-scene.
+            and sc.generation_status in (StageStatus.DONE, StageStatus.SKIPPED)
             for sc in project.scenes
         )
         # The chain's last link: a scene still unfinished here means the chain lost work; say so.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from vidpipe_tasks.db.models import Project, Scene, SceneManifest, TaskRun
+from vidpipe_tasks.db.models import GenerationJob, Project, Scene, SceneManifest, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import Settings
 
@@ -47,7 +47,33 @@ def _engines(engine: dict | None) -> dict | None:
     return {k: engine.get(k) for k in keys}
 
 
-def _scene(scene, runs: list[TaskRun]) -> dict:
+def _job(job: GenerationJob) -> dict:
+    """A provider job of a remote generator (docs/generators.md)."""
+    return {
+        "attempt": job.attempt,
+        "provider": job.provider,
+        "model": job.model,
+        "server": job.server,
+        "job_id": job.job_id,
+        "state": job.state,
+        "progress": job.progress or {},
+        "generated_seconds": job.generated_seconds,
+        "cost_estimate_usd": job.cost_estimate,
+        "resubmissions": job.resubmissions,
+        "polls": job.polls,
+        "error": None
+        if job.error_reason is None
+        else {"class": job.error_class, "reason": job.error_reason, "message": job.error_message},
+        "submitted_at": _iso(job.submitted_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+def _spend(jobs: list[GenerationJob]) -> float:
+    return round(sum(j.cost_estimate for j in jobs if j.state != "not_submitted"), 4)
+
+
+def _scene(scene, runs: list[TaskRun], jobs: list[GenerationJob] = ()) -> dict:
     sm = scene.scene_manifest
     analysis = (sm.cv_analysis_json if sm else None) or {}
     continuity = analysis.get("continuity") or {}
@@ -74,6 +100,7 @@ def _scene(scene, runs: list[TaskRun]) -> dict:
         "engines": _engines(analysis.get("engine")),
         "registered_at": _iso(sm.registered_at if sm else None),
         "tasks": [_task(r) for r in runs if r.scene_index == scene.scene_index],
+        "generation_jobs": [_job(j) for j in jobs if j.scene_index == scene.scene_index],
     }
 
 
@@ -83,6 +110,14 @@ def project_status(session: Session, project_id: int) -> dict:
     if project is None:
         raise LookupError(f"no project {project_id}")
     runs = list(session.scalars(select(TaskRun).where(TaskRun.project_id == project_id).order_by(TaskRun.started_at)))
+    jobs = list(
+        session.scalars(
+            select(GenerationJob)
+            .where(GenerationJob.project_id == project_id)
+            .order_by(GenerationJob.scene_index, GenerationJob.attempt)
+        )
+    )
+    board = project.storyboard_json or {}
     return {
         "schema": STATUS_SCHEMA_VERSION,
         "project_id": project.id,
@@ -92,7 +127,10 @@ def project_status(session: Session, project_id: int) -> dict:
         "created_at": _iso(project.created_at),
         "finished_at": _iso(project.finished_at),
         "recovery": _recovery(project),
-        "scenes": [_scene(sc, runs) for sc in project.scenes],
+        "generator": board.get("generator"),
+        "budget_usd": board.get("budget_usd"),
+        "spend_usd": _spend(jobs),
+        "scenes": [_scene(sc, runs, jobs) for sc in project.scenes],
         "project_tasks": [_task(r) for r in runs if r.scene_index is None],
     }
 
@@ -122,6 +160,9 @@ def render_text(status: dict) -> str:
     recovery = status.get("recovery") or {}
     if recovery.get("recoveries"):
         lines.append(f"  recovered automatically {recovery['recoveries']} time(s); last: {recovery['reason']}")
+    if status.get("spend_usd") or status.get("budget_usd") is not None:
+        budget = status.get("budget_usd")
+        lines.append(f"  spend: ${status['spend_usd']:.2f}" + (f" of ${budget:.2f}" if budget is not None else ""))
     for sc in status["scenes"]:
         st = sc["stages"]
         refs = ", ".join(f"{c}->{t}" for c, t in sc["selected_reference_tags"].items()) or "-"
@@ -134,6 +175,12 @@ def render_text(status: dict) -> str:
             lines.append(f"    degraded: {sc['degraded_reason']}")
         if sc.get("failure_reason"):
             lines.append(f"    failed: {sc['failure_reason']}")
+        for j in sc.get("generation_jobs", []):
+            error = f" {j['error']['reason']}: {j['error']['message']}" if j["error"] else ""
+            lines.append(
+                f"    {j['provider']} job {j['job_id']} [{j['state']}] ${j['cost_estimate_usd']:.2f}"
+                f" resubmitted={j['resubmissions']}{error}"
+            )
         for t in sc["tasks"]:
             extra = "".join(f" {k}={t[k]}" for k in ("retries", "polls", "crashes") if t.get(k))
             lines.append(f"    {t['name']:<26} {t['outcome']:<9} queue={t['queue']} worker={t['worker']}{extra}")
@@ -159,7 +206,7 @@ def current_stage(stages_by_scene: list[tuple[int, dict[str, str]]]) -> dict | N
     return None
 
 
-def _summary(project: Project, scenes: list[tuple[Scene, float | None]], now: datetime) -> dict:
+def _summary(project: Project, scenes: list[tuple[Scene, float | None]], now: datetime, spend: float = 0.0) -> dict:
     stages = [(sc.scene_index, {st: getattr(sc, f"{st}_status").value for st in STAGES}) for sc, _ in scenes]
     scores = [score for _, score in scenes if score is not None]
     created = project.created_at if project.created_at.tzinfo else project.created_at.replace(tzinfo=UTC)
@@ -172,6 +219,7 @@ def _summary(project: Project, scenes: list[tuple[Scene, float | None]], now: da
         "scenes_done": sum(1 for _, st in stages if st["registry"] in ("DONE", "SKIPPED")),
         "current_stage": None if ended else current_stage(stages),
         "continuity_mean": sum(scores) / len(scores) if scores else None,
+        "spend_usd": round(spend, 4),
         "created_at": _iso(project.created_at),
         "finished_at": _iso(project.finished_at),
         "age_s": round((now - created).total_seconds(), 1),
@@ -212,8 +260,21 @@ def project_summaries(session: Session, ids: list[int] | None = None, last: int 
         )
         for scene, score in rows:
             scenes[scene.project_id].append((scene, score))
+    spend = _spends(session, list(scenes))
     now = datetime.now(UTC)
-    return [_summary(p, scenes[p.id], now) for p in projects]
+    return [_summary(p, scenes[p.id], now, spend.get(p.id, 0.0)) for p in projects]
+
+
+def _spends(session: Session, ids: list[int]) -> dict[int, float]:
+    """Estimated spend per project on provider jobs, in one query."""
+    if not ids:
+        return {}
+    rows = session.execute(
+        select(GenerationJob.project_id, func.sum(GenerationJob.cost_estimate))
+        .where(GenerationJob.project_id.in_(ids), GenerationJob.state != "not_submitted")
+        .group_by(GenerationJob.project_id)
+    )
+    return {project_id: float(total or 0.0) for project_id, total in rows}
 
 
 def load_summaries(settings: Settings, ids: list[int] | None = None, last: int | None = None) -> dict:
@@ -238,7 +299,7 @@ def _stage_text(stage: dict | None) -> str:
 
 def render_table(summaries: list[dict], title_width: int = 32) -> str:
     """The project table of `vidpipe status` (no project, several, or --last N)."""
-    header = ("ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "AGE")
+    header = ("ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "SPEND", "AGE")
     rows = [
         (
             str(p["project_id"]),
@@ -247,6 +308,7 @@ def render_table(summaries: list[dict], title_width: int = 32) -> str:
             f"{p['scenes_done']}/{p['scenes_total']}",
             _stage_text(p["current_stage"]),
             "-" if p["continuity_mean"] is None else f"{p['continuity_mean']:.2f}",
+            f"${p.get('spend_usd', 0.0):.2f}",
             format_age(p["age_s"]),
         )
         for p in summaries
@@ -254,7 +316,7 @@ def render_table(summaries: list[dict], title_width: int = 32) -> str:
     if not rows:
         return "no projects"
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right = {0, 3, 5, 6}  # numbers line up on the right
+    right = {0, 3, 5, 6, 7}  # numbers line up on the right
     return "\n".join(
         "  ".join(
             cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True))

@@ -144,6 +144,14 @@ class Storyboard(_Strict):
     defaults: ClipFormat = Field(default_factory=ClipFormat)
     #: A hard ceiling; the per-project quota (VIDPIPE_MAX_PROJECT_SCENES) is usually lower.
     scenes: list[SceneSpec] = Field(min_length=1, max_length=1000)
+    #: Clip generator for this project ("procedural", "comfyui", "veo"); unset: VIDPIPE_GENERATOR.
+    generator: Literal["procedural", "comfyui", "veo"] | None = None
+    #: Spend limit for remote generation, USD: the project stops before a job that would exceed it.
+    budget_usd: float | None = Field(None, ge=0)
+    #: Scene N's last frame becomes scene N+1's first frame (generators that take a start image).
+    chain_first_frame: bool = False
+    #: What the generator should avoid (sent as the negative prompt).
+    negative_prompt: str = ""
 
     @model_validator(mode="after")
     def _tags_resolve(self) -> Storyboard:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from vidpipe_tasks import stages
 from vidpipe_tasks.celery_app import app
+from vidpipe_tasks.generators import startup  # noqa: F401 - connects the generation worker's start check
 from vidpipe_tasks.policy import PipelineTask
 from vidpipe_tasks.settings import Settings
 
@@ -17,9 +18,24 @@ def _settings() -> Settings:
 
 @app.task(base=PipelineTask, bind=True, name="vidpipe.generate_clip")
 def generate_clip(self: PipelineTask, ref: dict) -> dict:
-    """Select references from the registry and render one scene's clip."""
+    """Select references from the registry and render one scene's clip (a remote job: submit, then poll)."""
     self.progress("generate", 0, 1)
-    return stages.generate_scene(_settings(), int(ref["project_id"]), int(ref["scene_index"]))
+    # A remote job raises JobPending while it runs: the policy re-queues this task with a countdown.
+    result = stages.generate_scene(_settings(), int(ref["project_id"]), int(ref["scene_index"]))
+    if result.get("skipped"):
+        _drop_scene_links(self)
+    return result
+
+
+def _drop_scene_links(task: PipelineTask) -> None:
+    """A skipped scene (content policy) has no clip: remove its analyze/register links from the chain.
+
+    Celery pops the next link from the end of `request.chain` after this task returns; the scene's own
+    links are the last entries, and the next scene's generate_clip (immutable) follows them.
+    """
+    chain = task.request.chain or []
+    while chain and chain[-1].get("task") in ("vidpipe.analyze_clip", "vidpipe.register_entities"):
+        chain.pop()
 
 
 class AnalysisTask(PipelineTask):

@@ -39,10 +39,22 @@ def progress_line(status: dict, width: int = 20) -> str:
         stage = current_stage([(sc["scene_index"], sc["stages"]) for sc in status["scenes"]])
         if stage:
             line += f" scene {stage['scene_index']} {stage['stage']} {stage['status'].lower()}"
+            if stage["stage"] == "generation":
+                line += _job_progress(status["scenes"][stage["scene_index"] - 1])
     failure = next((sc["failure_reason"] for sc in status["scenes"] if sc.get("failure_reason")), None)
     if status["status"] == "FAILED" and failure:
         line += f" ({failure})"
     return line
+
+
+def _job_progress(scene: dict) -> str:
+    """The suffix naming the scene's remote job while it is in flight, e.g. " (comfyui job running 3/4)"."""
+    jobs = scene.get("generation_jobs") or []
+    if not jobs or jobs[-1]["state"] not in ("submitting", "queued", "running"):
+        return ""
+    job, progress = jobs[-1], jobs[-1].get("progress") or {}
+    steps = f" {progress['done']}/{progress['total']}" if progress.get("done") and progress.get("total") else ""
+    return f" ({job['provider']} job {job['state']}{steps})"
 
 
 class PlainProgress:

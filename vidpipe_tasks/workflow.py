@@ -311,8 +311,10 @@ def submit_inputs(
     Raises:
         StoryboardError, BatchNotStored: nothing was stored (see storing.store_inputs).
         QueueingFailed: everything was stored; the projects it lists were not queued.
+        StoryboardError: also when a project's generator cannot run here (no key, template or server).
 
     """
+    check_generators(settings, inputs)
     ids = store_inputs(settings, inputs)
     failed: list[tuple[int, str]] = []
     for project_id in ids:
@@ -326,6 +328,17 @@ def submit_inputs(
     if failed:
         raise QueueingFailed(ids, failed)
     return ids
+
+
+def check_generators(settings: Settings, inputs: Sequence[StoryboardInput]) -> None:
+    """Submit-time hook (issue 9): every project's generator is configured, before anything is stored."""
+    from vidpipe_tasks.generators.dispatch import generation_problems
+    from vidpipe_tasks.storyboard import StoryboardError
+
+    boards = [(i.source or str(i.path), i.board.model_dump(mode="json")) for i in inputs]
+    problems = generation_problems(settings, boards)
+    if problems:
+        raise StoryboardError(problems)
 
 
 def submit(app: Celery, settings: Settings, sources: Sequence[str | Path], priority: int | None = None) -> list[int]:

@@ -144,14 +144,17 @@ def test_a_cancelled_project_runs_nothing_and_wait_exits_non_zero(settings) -> N
 
 
 def test_a_task_that_fails_for_good_marks_the_project_failed_and_resume_recovers_it(settings) -> None:
-    from dataclasses import replace
-
     from vidpipe_tasks.db.models import Scene
 
     board = example_path("market.yaml")
     project = create_project(settings, board, load_storyboard(board))
+    # The project names a generator the worker has no configuration for (no Veo key): it fails for good.
+    # (A worker whose own VIDPIPE_GENERATOR is unknown refuses to start, so that cannot stand in any more.)
+    with session_scope(settings.database_url) as s:
+        stored = s.get(Project, project)
+        stored.storyboard_json = {**stored.storyboard_json, "generator": "veo"}
     logs = settings.home / "logs"
-    broken = start_worker(replace(settings, generator="no-such-generator"), "broken", [GENERATION_QUEUE], logs)
+    broken = start_worker(settings, "broken", [GENERATION_QUEUE], logs)
     try:
         wait_ready([broken])
         enqueue_project(create_app(settings), settings, project)
@@ -164,7 +167,9 @@ def test_a_task_that_fails_for_good_marks_the_project_failed_and_resume_recovers
         first = s.scalar(select(Scene).where(Scene.project_id == project, Scene.scene_index == 1))
         assert first.generation_status.value == "FAILED"
         failure = s.scalar(select(TaskRun).where(TaskRun.project_id == project, TaskRun.outcome == "failure"))
-        assert "no-such-generator" in failure.detail
+        assert "VIDPIPE_VEO_API_KEY" in failure.detail
+        stored = s.get(Project, project)
+        stored.storyboard_json = {k: v for k, v in stored.storyboard_json.items() if k != "generator"}
     good = start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs)
     try:
         wait_ready([good])

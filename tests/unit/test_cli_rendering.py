@@ -42,7 +42,7 @@ def test_the_table_has_one_aligned_row_per_project() -> None:
         ),
     ]
     lines = render_table(rows).splitlines()
-    assert lines[0].split() == ["ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "AGE"]
+    assert lines[0].split() == ["ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "SPEND", "AGE"]
     assert lines[1].split() == [
         "7",
         "Project",
@@ -54,9 +54,10 @@ def test_the_table_has_one_aligned_row_per_project() -> None:
         "analysis",
         "running",
         "0.88",
+        "$0.00",
         "1m",
     ]
-    assert lines[2].split()[-4:] == ["4/4", "-", "-", "2h"]
+    assert lines[2].split()[-5:] == ["4/4", "-", "-", "$0.00", "2h"]
     assert "A title much longer than the co…" in lines[2]
     assert lines[1].index("RUNNING") == lines[2].index("COMPLETED") == lines[0].index("STATUS")
 
@@ -83,6 +84,14 @@ def test_the_bar_moves_per_stage_and_names_where_the_project_is() -> None:
     assert progress_line(half, width=12) == "project    3 [########----] 1/2 RUNNING scene 2 analysis running"
     done = status(3, "COMPLETED", [("DONE", "SKIPPED", "SKIPPED")] * 2)
     assert progress_line(done, width=12) == "project    3 [############] 2/2 COMPLETED"
+
+
+def test_the_bar_shows_a_remote_generation_job_in_flight() -> None:
+    job = {"provider": "comfyui", "state": "running", "progress": {"done": 3, "total": 20}}
+    scene = {"scene_index": 1, "stages": dict.fromkeys(("generation", "analysis", "registry"), "PENDING")}
+    scene["stages"]["generation"] = "RUNNING"
+    status = {"project_id": 5, "status": "RUNNING", "scenes": [{**scene, "generation_jobs": [job]}]}
+    assert progress_line(status, width=4).endswith("scene 1 generation running (comfyui job running 3/20)")
 
 
 def test_on_a_terminal_the_bars_are_redrawn_in_place() -> None:

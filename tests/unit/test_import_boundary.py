@@ -15,6 +15,9 @@ CPU_SIDE = [
     "vidpipe_tasks.status",
     "vidpipe_tasks.demo",
     "vidpipe_tasks.generators.procedural",
+    "vidpipe_tasks.generators.remote",
+    "vidpipe_tasks.generators.comfyui",
+    "vidpipe_tasks.generators.veo",
     "vidpipe_tasks.model_store",
     "gpu_worker.service",
     # The launcher parent forks CV workers: it must hold no CUDA or onnxruntime state.

@@ -248,3 +248,43 @@ class TaskRun(Base):
     #: "abandoned" (closed by resume or recovery: its worker was lost).
     outcome: Mapped[str] = mapped_column(String(20), default="running")
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class GenerationJob(Base):
+    """One provider job (ComfyUI prompt, Veo operation) per scene and attempt: money, so never lost or paid twice.
+
+    The row is committed with its job id before the first poll, so a redelivered or resumed
+    `generate_clip` polls the same job instead of submitting another. `attempt` grows only when a scene
+    whose job failed for good is run again (`vidpipe resume`); a server that forgot a job is resubmitted
+    once inside the same attempt and counted in `resubmissions`.
+    """
+
+    __tablename__ = "generation_jobs"
+    __table_args__ = (UniqueConstraint("project_id", "scene_index", "attempt", name="uq_generation_job_attempt"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    scene_index: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    #: "comfyui" or "veo".
+    provider: Mapped[str] = mapped_column(String(20), index=True)
+    model: Mapped[str | None] = mapped_column(String(100))
+    #: Base URL of the server that holds the job.
+    server: Mapped[str | None] = mapped_column(String(300))
+    #: ComfyUI prompt id (chosen by us before the POST) or Veo operation name (known after it).
+    job_id: Mapped[str | None] = mapped_column(String(300))
+    #: submitting, queued, running, succeeded, downloaded, not_submitted, failed, skipped.
+    state: Mapped[str] = mapped_column(String(20), index=True, default="submitting")
+    progress: Mapped[dict] = mapped_column(JSON, default=dict)
+    #: What the provider reported as the output (ComfyUI /view parameters, Veo video URI).
+    outputs: Mapped[dict | None] = mapped_column(JSON)
+    generated_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    cost_estimate: Mapped[float] = mapped_column(Float, default=0.0)
+    resubmissions: Mapped[int] = mapped_column(Integer, default=0)
+    polls: Mapped[int] = mapped_column(Integer, default=0)
+    error_class: Mapped[str | None] = mapped_column(String(20))
+    error_reason: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

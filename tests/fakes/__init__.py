@@ -1,0 +1,1 @@
+"""Fake provider servers (ComfyUI, Gemini API) that follow the real wire protocols; for tests and benchmarks only."""
