@@ -217,7 +217,7 @@ def random_kill(cluster: Cluster, rng: random.Random) -> Fault | None:
     """SIGKILL a random worker process whole, or one prefork pool child."""
     targets: list[tuple[str, int]] = []
     for node in ("gen-a", "gen-b", "cv-cpu0"):
-        for pid in worker_pids(node):
+        for pid in worker_pids(node, cluster.supervisor.sessions()):
             targets.append((f"{node} worker", pid))
             if node == "gen-a":
                 targets += [("gen-a pool child", child) for child in children(pid)]
@@ -249,7 +249,7 @@ def kill_during(task_name: str) -> Callable[[Cluster, random.Random], Fault | No
                 found = (run.worker, run.project_id, run.scene_index) if run is not None and run.worker else None
             if found:
                 node = found[0].split("@")[0]
-                for pid in worker_pids(node):
+                for pid in worker_pids(node, cluster.supervisor.sessions()):
                     kill_tree(pid)
                     return Fault(_now(), f"SIGKILL {node} during {task_name}", found[1], found[2], task_name)
             time.sleep(0.05)

@@ -63,6 +63,10 @@ class Supervisor:
                         _reap_group(service.process.pid)
                         self._spawn(service)
 
+    def sessions(self) -> set[int]:
+        """The session ids of the running services (each was started as a session leader)."""
+        return {s.process.pid for s in self.services.values() if s.process is not None}
+
     def restarts(self) -> dict[str, int]:
         return {name: s.starts - 1 for name, s in self.services.items()}
 
@@ -115,8 +119,12 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def worker_pids(node_prefix: str) -> list[int]:
-    """Main processes of the Celery workers whose node name starts with `node_prefix` (e.g. "cv-cpu0")."""
+def worker_pids(node_prefix: str, sessions: set[int] | None = None) -> list[int]:
+    """Main processes of the Celery workers whose node name starts with `node_prefix` (e.g. "cv-cpu0").
+
+    `sessions`: only processes in these sessions (a supervisor's services each lead one), so a nemesis
+    never touches another test run's workers on the same machine.
+    """
     pids = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -126,9 +134,18 @@ def worker_pids(node_prefix: str) -> list[int]:
         args = [a.decode(errors="replace") for a in argv]
         if "worker" in args and "-n" in args:
             node = args[args.index("-n") + 1] if args.index("-n") + 1 < len(args) else ""
-            if node.startswith(node_prefix + "@") and _is_main(int(proc.name), args):
+            if node.startswith(node_prefix + "@") and _is_main(int(proc.name), args) and _in(int(proc.name), sessions):
                 pids.append(int(proc.name))
     return pids
+
+
+def _in(pid: int, sessions: set[int] | None) -> bool:
+    if sessions is None:
+        return True
+    try:
+        return os.getsid(pid) in sessions
+    except ProcessLookupError:
+        return False
 
 
 def _is_main(pid: int, args: list[str]) -> bool:
