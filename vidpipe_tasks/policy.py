@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -29,7 +30,6 @@ T = TypeVar("T")
 RETRY_KEY = "_retry"
 #: Outcomes after which a run is over; "retrying"/"polling" wait for their retry message.
 FINISHED = ("success", "degraded")
-OPEN = ("running", "retrying", "polling")
 
 
 def _ids(args: tuple) -> tuple[int | None, int | None]:
@@ -222,8 +222,7 @@ class PipelineTask(Task):
                 if run is not None and run.outcome in FINISHED and (next_id is None or _has_run(s, next_id)):
                     return self._close(s, run, task_id, args, "duplicate", "redelivery of a finished task")
                 if run is None:
-                    run = TaskRun(task_id=task_id, task_name=self.name, attempts=0, retries=0, polls=0, crashes=0)
-                    s.add(run)
+                    run = self._new_run(s, task_id)
                 elif run.outcome == "running":
                     run.crashes += 1  # the previous start never finished: its worker was lost
                 run.attempts += 1
@@ -296,12 +295,16 @@ class PipelineTask(Task):
     def _close(self, s: Any, run: TaskRun | None, task_id: str, args: tuple, outcome: str, detail: str) -> str:
         project_id, scene_index = _ids(args)
         if run is None:
-            run = TaskRun(task_id=task_id, task_name=self.name, attempts=0, retries=0, polls=0, crashes=0)
+            run = self._new_run(s, task_id)
             run.project_id, run.scene_index, run.started_at = project_id, scene_index, now()
-            s.add(run)
         if run.outcome not in FINISHED:  # a finished run keeps its outcome; the skip is only logged
             run.outcome, run.detail, run.finished_at = outcome, detail, now()
         return detail
+
+    def _new_run(self, s: Any, task_id: str) -> TaskRun:
+        run = TaskRun(task_id=task_id, task_name=self.name, attempts=0, retries=0, polls=0, crashes=0)
+        s.add(run)
+        return run
 
     def _next_task_id(self) -> str | None:
         # Celery keeps the rest of the chain reversed in the message; the next link is the last entry.
@@ -420,8 +423,6 @@ _QUICK_BACKENDS: dict[int, Any] = {}
 
 def quick_backend(app: Any) -> Any:
     """A second result-backend client for progress only: no retries, so an outage costs one failed call."""
-    import os
-
     key = os.getpid()
     backend = _QUICK_BACKENDS.get(key)
     if backend is None:

@@ -13,7 +13,7 @@ from celery.canvas import Signature
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from vidpipe_tasks.db.models import Project, ProjectStatus, StageStatus, TaskRun
+from vidpipe_tasks.db.models import OPEN_RUN_OUTCOMES, Project, ProjectStatus, StageStatus, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.inputs import StoryboardInput, load_inputs
 from vidpipe_tasks.queues import BrokerMessage, drop_unacked, project_messages
@@ -151,7 +151,7 @@ def close_open_runs(session: Session, project_id: int, detail: str) -> int:
     """Mark the project's runs still open in the log (running, retrying, polling) as abandoned."""
     return session.execute(
         update(TaskRun)
-        .where(TaskRun.project_id == project_id, TaskRun.outcome.in_(("running", "retrying", "polling")))
+        .where(TaskRun.project_id == project_id, TaskRun.outcome.in_(OPEN_RUN_OUTCOMES))
         .values(outcome="abandoned", detail=detail[:500], finished_at=datetime.now(UTC))
         .execution_options(synchronize_session=False)
     ).rowcount

@@ -19,7 +19,17 @@ from sqlalchemy import select
 from tests.faults.supervisor import Supervisor, children, kill_tree, worker_pids
 from tests.servers import PostgresServer, RedisServer, free_port, start_postgres, start_redis
 from vidpipe_tasks.db.migrate import prepare_installation
-from vidpipe_tasks.db.models import Asset, AssetSource, Clip, Project, Scene, SceneManifest, StageStatus, TaskRun
+from vidpipe_tasks.db.models import (
+    OPEN_RUN_OUTCOMES,
+    Asset,
+    AssetSource,
+    Clip,
+    Project,
+    Scene,
+    SceneManifest,
+    StageStatus,
+    TaskRun,
+)
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
 from vidpipe_tasks.workers import beat_argv, worker_argv
@@ -332,7 +342,7 @@ def check(settings: Settings, ids: list[int]) -> CheckReport:
         report.recovered_projects = sum(1 for p in projects if p.recoveries)
         runs: dict[tuple[int, int, str], list[TaskRun]] = defaultdict(list)
         for run in s.scalars(select(TaskRun).where(TaskRun.project_id.in_(ids))):
-            if run.outcome in ("running", "retrying", "polling"):
+            if run.outcome in OPEN_RUN_OUTCOMES:
                 report.open_runs.append(f"task run {run.task_name} p{run.project_id} s{run.scene_index}: {run.outcome}")
             if run.outcome not in skipped and run.scene_index is not None:
                 runs[(run.project_id, run.scene_index, run.task_name)].append(run)

@@ -221,6 +221,10 @@ class AssetAppearance(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+#: Run-log outcomes of a run not yet over: still running, or waiting for its scheduled retry or poll.
+OPEN_RUN_OUTCOMES = ("running", "retrying", "polling")
+
+
 class TaskRun(Base):
     """One execution record per Celery task id: where it ran, when, and how it ended."""
 
