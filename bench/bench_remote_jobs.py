@@ -13,13 +13,13 @@ from common import REPO, servers_module  # same folder
 from sqlalchemy import func, select
 
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.migrate import prepare_installation
 from vidpipe_tasks.db.models import GenerationJob, Project, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.generators.remote import ACTIVE_STATES
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, load_settings
 from vidpipe_tasks.storyboard import validate_storyboard
-from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
 
 KEY = "bench-key"

@@ -16,10 +16,10 @@ from common import Stack, new_projects, overhead_run, servers_module, wait_proje
 from sqlalchemy import select
 
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import SceneManifest, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE
-from vidpipe_tasks.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import enqueue_project
 
 REPO = Path(__file__).resolve().parents[1]

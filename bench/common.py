@@ -14,12 +14,12 @@ import yaml
 from sqlalchemy import select
 
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.workers import WorkerProcess, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.migrate import prepare_installation
 from vidpipe_tasks.db.models import Project, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import WorkerProcess, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
 
 REPO = Path(__file__).resolve().parents[1]

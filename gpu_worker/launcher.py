@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpu_worker import process_model
+from vidpipe_tasks.cli.workers import worker_argv
 from vidpipe_tasks.settings import CV_QUEUE, Settings
-from vidpipe_tasks.workers import worker_argv
 
 log = logging.getLogger("gpu_worker.launcher")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vidpipe_tasks.demo import example_paths
+from vidpipe_tasks.cli.demo import example_paths
 from vidpipe_tasks.generators.base import CharacterSpec, ClipRequest
 from vidpipe_tasks.generators.procedural import ProceduralGenerator
 from vidpipe_tasks.generators.stock import stock_face

@@ -12,10 +12,10 @@ from typing import TypeVar
 
 import pytest
 
+from vidpipe_tasks.cli.workers import WorkerProcess
 from vidpipe_tasks.db.models import Project
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import Settings
-from vidpipe_tasks.workers import WorkerProcess
 
 T = TypeVar("T")
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED")
@@ -74,8 +74,8 @@ def run_projects_to_the_end(settings: Settings, ids: list[int], *, timeout: floa
         The folder of the workers' logs.
     """
     from vidpipe_tasks.celery_app import create_app
+    from vidpipe_tasks.cli.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
     from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE
-    from vidpipe_tasks.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
     from vidpipe_tasks.workflow import enqueue_project
 
     logs = settings.home / "logs"

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from tests.faults.supervisor import Supervisor, children, kill_tree, worker_pids
 from tests.servers import PostgresServer, RedisServer, free_port, start_postgres, start_redis
+from vidpipe_tasks.cli.workers import beat_argv, worker_argv
 from vidpipe_tasks.db.migrate import prepare_installation
 from vidpipe_tasks.db.models import (
     OPEN_RUN_OUTCOMES,
@@ -32,7 +33,6 @@ from vidpipe_tasks.db.models import (
 )
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
-from vidpipe_tasks.workers import beat_argv, worker_argv
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED")
 CAST = [("mara", "stock:face/t1-0"), ("jonas", "stock:face/t1-1")]

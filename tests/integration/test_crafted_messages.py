@@ -9,10 +9,10 @@ from sqlalchemy import func, select
 from tests.helpers import wait_until
 from tests.unit.test_message_trust import in_analysis, new_project, payload
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import Asset, AssetAppearance, Project, Scene, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import REGISTRY_QUEUE
-from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
 
 
 def finished_run(settings, task_id: str) -> TaskRun | None:

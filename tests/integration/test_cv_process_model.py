@@ -23,11 +23,11 @@ from tests.conftest import make_settings, production_settings
 from tests.helpers import wait_until
 from tests.integration.test_launcher import child_pids
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import Project, Scene, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
 
 pytestmark = pytest.mark.integration

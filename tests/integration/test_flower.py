@@ -22,12 +22,12 @@ from tests.conftest import DATA, make_settings, production_settings
 from tests.helpers import wait_until
 from tests.servers import free_port
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.flower import progress_as_result
+from vidpipe_tasks.cli.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import Project, TaskRun
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.flower import progress_as_result
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
 
 pytestmark = pytest.mark.integration

@@ -14,11 +14,11 @@ from tests.conftest import make_settings
 from tests.helpers import wait_until
 from tests.integration.conftest import example_path
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
 
 

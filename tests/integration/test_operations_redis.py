@@ -18,12 +18,13 @@ from tests.conftest import DATA, production_settings, redis_db_pair
 from tests.helpers import run_vidpipe as vidpipe
 from tests.helpers import wait_until
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.queues import queues_report
+from vidpipe_tasks.cli.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import Asset, AssetAppearance, Clip, Project, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.inputs import load_inputs
-from vidpipe_tasks.queues import project_messages, queues_report
+from vidpipe_tasks.queues import project_messages
 from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings
-from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project
 
 SEP = "\x06\x16"  # kombu's separator between a queue name and its priority step

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 
 from tests.integration.conftest import PipelineRun
+from vidpipe_tasks.cli.status import load_status
 from vidpipe_tasks.db.models import Asset, AssetAppearance, AssetSource, Clip, Project, Scene, TaskRun
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.status import load_status
 
 GEN, CV, REG = "vidpipe.generate_clip", "vidpipe.analyze_clip", "vidpipe.register_entities"
 

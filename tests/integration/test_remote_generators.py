@@ -19,14 +19,14 @@ from tests.conftest import make_settings
 from tests.fakes.servers import FakeServer, fake_comfyui, fake_gemini
 from tests.helpers import run_vidpipe, wait_projects_finished, wait_until
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.status import load_status
+from vidpipe_tasks.cli.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import GenerationJob, Scene, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.generators.prompting import BOARD_KEY
 from vidpipe_tasks.generators.remote import client_job_id
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings
-from vidpipe_tasks.status import load_status
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project, resume
 
 API_KEY = "fake-key-for-tests"

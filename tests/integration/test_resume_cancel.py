@@ -14,11 +14,11 @@ from tests.conftest import make_settings
 from tests.helpers import run_vidpipe as vidpipe
 from tests.integration.conftest import example_path
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import Asset, Clip, Project, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
 
 
@@ -50,7 +50,7 @@ def kill_while_rendering_a_later_scene(settings, project_id: int, gen) -> TaskRu
 
 
 def test_with_beat_running_a_project_whose_worker_died_mid_task_completes_by_itself(tmp_path) -> None:
-    from vidpipe_tasks.workers import start_beat
+    from vidpipe_tasks.cli.workers import start_beat
 
     settings = make_settings(tmp_path / "auto", heartbeat_interval=1.0, lease_ttl=3.0, recovery_interval=1.5)
     board = example_path("lighthouse.yaml")

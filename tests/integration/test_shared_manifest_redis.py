@@ -15,12 +15,12 @@ from sqlalchemy import select
 from tests.conftest import DATA, production_settings
 from tests.helpers import wait_projects_finished
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import Asset, AssetAppearance, AssetSource, Clip, Manifest, Project, Scene, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings
 from vidpipe_tasks.similarity import similarity_matrix
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from tests.helpers import run_vidpipe as vidpipe
-from vidpipe_tasks.demo import example_paths
+from vidpipe_tasks.cli.demo import example_paths
 
 
 def queued_messages(home: Path) -> list[Path]:

@@ -11,10 +11,10 @@ import yaml
 
 from tests.conftest import make_settings
 from tests.helpers import run_vidpipe as vidpipe
+from vidpipe_tasks.cli.workers import start_worker, stop_workers, wait_ready, worker_argv
 from vidpipe_tasks.db.models import Project
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE
-from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready, worker_argv
 
 
 def board(folder: Path, generator: str | None = None) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.conftest import DATA
 from tests.helpers import run_vidpipe as vidpipe
-from vidpipe_tasks.demo import example_paths
+from vidpipe_tasks.cli.demo import example_paths
 
 
 def submitted(home: Path, *args: str) -> list[int]:

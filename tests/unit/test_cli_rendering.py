@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from vidpipe_tasks.status import current_stage, format_age, render_table
-from vidpipe_tasks.wait import PlainProgress, TtyProgress, progress_line
+from vidpipe_tasks.cli.status import current_stage, format_age, render_table
+from vidpipe_tasks.cli.wait import PlainProgress, TtyProgress, progress_line
 
 
 def summary(project_id: int, **overrides) -> dict:

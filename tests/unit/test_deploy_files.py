@@ -22,7 +22,7 @@ from gpu_worker.launcher import Launcher, discover_gpus, plan_slots
 from tests.conftest import REPO
 from vidpipe_tasks.celery_app import TASK_ROUTES, celery_config, hard_time_limits
 from vidpipe_tasks.cli import build_parser
-from vidpipe_tasks.flower import MAX_TASKS as VIDPIPE_FLOWER_MAX_TASKS
+from vidpipe_tasks.cli.flower import MAX_TASKS as VIDPIPE_FLOWER_MAX_TASKS
 from vidpipe_tasks.settings import ALL_QUEUES, CV_QUEUE, Settings, load_settings
 
 DEPLOY = REPO / "deploy"

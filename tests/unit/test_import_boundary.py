@@ -12,13 +12,13 @@ CPU_SIDE = [
     "vidpipe_tasks.workflow",
     "vidpipe_tasks.stages",
     "vidpipe_tasks.registry",
-    "vidpipe_tasks.status",
-    "vidpipe_tasks.demo",
+    "vidpipe_tasks.cli.status",
+    "vidpipe_tasks.cli.demo",
     "vidpipe_tasks.generators.procedural",
     "vidpipe_tasks.generators.remote",
     "vidpipe_tasks.generators.comfyui",
     "vidpipe_tasks.generators.veo",
-    "vidpipe_tasks.model_store",
+    "vidpipe_tasks.cli.models",
     "gpu_worker.service",
     # The launcher parent forks CV workers: it must hold no CUDA or onnxruntime state.
     "gpu_worker.__main__",
@@ -45,7 +45,7 @@ def test_checking_which_engines_can_run_loads_no_gpu_stack(tmp_path) -> None:
     code = (
         "import sys\n"
         "from vidpipe_tasks.settings import load_settings\n"
-        "from vidpipe_tasks.model_store import models_status\n"
+        "from vidpipe_tasks.cli.models import models_status\n"
         "from gpu_worker.choice import configuration_problems\n"
         "settings = load_settings()\n"
         "models_status(settings); configuration_problems(settings)\n"

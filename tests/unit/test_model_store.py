@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import make_settings
 from tests.helpers import run_vidpipe as vidpipe
 from tests.tiny_models import build_tiny_pack
-from vidpipe_tasks import model_store
+from vidpipe_tasks.cli import models as model_store
 from vidpipe_tasks.settings import Settings
 
 

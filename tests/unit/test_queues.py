@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tests.conftest import DATA, make_settings
 from vidpipe_tasks.celery_app import create_app
-from vidpipe_tasks.queues import RedisLayout, broker_messages, decode_message, render_queues
+from vidpipe_tasks.cli.queues import render_queues
+from vidpipe_tasks.queues import RedisLayout, broker_messages, decode_message
 from vidpipe_tasks.workflow import submit
 
 DEFAULT = RedisLayout(sep="\x06\x16", steps=(0, 3, 6, 9), prefix="", unacked_key="unacked", unacked_index_key="i")

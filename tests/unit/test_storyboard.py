@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vidpipe_tasks.demo import example_paths
+from vidpipe_tasks.cli.demo import example_paths
 from vidpipe_tasks.storyboard import StoryboardError, load_storyboard, load_storyboards
 
 GOOD = {

@@ -84,7 +84,7 @@ def test_the_launcher_refuses_to_start_when_a_named_engine_has_no_weights(bare) 
 
 
 def test_a_cv_worker_started_directly_stops_at_start_when_a_named_engine_cannot_load(bare) -> None:
-    from vidpipe_tasks.workers import worker_argv
+    from vidpipe_tasks.cli.workers import worker_argv
 
     settings = replace(bare, embedder="open_clip")
     env = {**settings.as_env(), "PATH": "/usr/bin:/bin", "VIDPIPE_WARM_ENGINE": "1"}

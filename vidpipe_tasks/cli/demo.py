@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from importlib import resources
@@ -40,7 +41,7 @@ def run_demo(work_dir: Path, *, fresh: bool = False, timeout: float = 1200.0) ->
     leftovers = purge_queue_folder(settings)
     if leftovers:
         print(f"removed {leftovers} leftover message(s) from an interrupted run")
-    from vidpipe_tasks.workers import start_beat, start_cv_launcher, start_worker, stop_workers, wait_ready
+    from vidpipe_tasks.cli.workers import start_beat, start_cv_launcher, start_worker, stop_workers, wait_ready
 
     logs = settings.home / "logs"
     print(f"work folder: {settings.home}\nstarting workers (logs in {logs}) ...")
@@ -83,7 +84,7 @@ def _scene_line(project: dict, scene: dict) -> str:
 
 def follow(settings: Settings, ids: list[int], timeout: float) -> list[dict]:
     """Print a line whenever a scene changes stage, until every project ends or `timeout` passes."""
-    from vidpipe_tasks.status import load_status
+    from vidpipe_tasks.cli.status import load_status
 
     seen: dict[tuple[int, int], str] = {}
     deadline = time.monotonic() + timeout
@@ -140,3 +141,15 @@ def print_summary(statuses: list[dict]) -> None:
             f"CV models: face engine {engines['face']} ({engines['choice']}); image embedder "
             f"{engines['embedder'] or 'none'} ({engines['embedder_choice']}); `vidpipe models status` says more"
         )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(Path(args.work_dir), fresh=args.fresh, timeout=args.timeout)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="run the bundled examples end to end on the embedded default")
+    demo.add_argument("--work-dir", default="vidpipe-work", help="folder for database, broker, results and media")
+    demo.add_argument("--fresh", action="store_true", help="delete the work folder first")
+    demo.add_argument("--timeout", type=float, default=1200.0, help="give up after this many seconds")
+    demo.set_defaults(func=cmd_demo)

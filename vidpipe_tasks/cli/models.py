@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.metadata
 import json
 import os
 import shutil
+import sys
 import tempfile
 import urllib.parse
 import urllib.request
@@ -14,6 +16,7 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from vidpipe_tasks.cli.common import settings_from
 from vidpipe_tasks.settings import Settings
 
 #: Provenance written beside every staged model.
@@ -228,3 +231,47 @@ def render_status(status: dict) -> str:
         lines.append("a CV worker would NOT start:")
         lines += [f"  - {p}" for p in status["start_problems"]]
     return "\n".join(lines)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    from dataclasses import replace
+
+    if args.model:
+        settings = replace(settings, clip_model=args.model)
+    if args.action == "status":
+        status = models_status(settings)
+        print(json.dumps(status, indent=2) if args.json else render_status(status))
+        return 0
+    sources = [(kind, src) for kind, src in (("insightface", args.insightface), ("open_clip", args.open_clip)) if src]
+    if not sources:
+        print("vidpipe models stage: give --insightface SRC and/or --open-clip SRC", file=sys.stderr)
+        return 2
+    if len(args.sha256 or []) != len(sources):
+        print("vidpipe models stage: give one --sha256 per source (insightface first)", file=sys.stderr)
+        return 2
+    try:
+        for (kind, src), digest in zip(sources, args.sha256, strict=True):
+            if kind == "insightface":
+                where = stage_insightface(settings, src, digest)
+            else:
+                where = stage_open_clip(settings, src, digest, Path(args.config) if args.config else None)
+            print(f"{kind} staged at {where}")
+    except StagingError as exc:
+        print(f"vidpipe models stage: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="CV engines usable on this host; stage weights for offline GPU nodes")
+    models.add_argument("action", choices=["status", "stage"])
+    models.add_argument("--json", action="store_true", help="status: machine-readable")
+    models.add_argument("--insightface", metavar="SRC", help="stage: model pack zip or folder, path or URL")
+    models.add_argument("--open-clip", metavar="SRC", help="stage: open_clip state-dict file, path or URL")
+    models.add_argument(
+        "--model", help="stage: open_clip architecture the weights are for (default VIDPIPE_CLIP_MODEL)"
+    )
+    models.add_argument("--config", help="stage: open_clip model config JSON for a custom architecture")
+    models.add_argument("--sha256", action="append", help="expected checksum of each source (required)")
+    models.set_defaults(func=cmd_models)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from vidpipe_tasks.cli.common import settings_from
 from vidpipe_tasks.db.models import GenerationJob, Project, Scene, SceneManifest, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import Settings
@@ -323,3 +327,30 @@ def render_table(summaries: list[dict], title_width: int = 32) -> str:
         ).rstrip()
         for r in [header, *rows]
     )
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+
+    if args.last is not None and args.last < 1:
+        print("vidpipe status: --last needs a positive number", file=sys.stderr)
+        return 2
+    try:
+        if len(args.projects) == 1 and args.last is None:
+            status = load_status(settings, args.projects[0])
+            print(json.dumps(status, indent=2) if args.json else render_text(status))
+        else:
+            table = load_summaries(settings, args.projects or None, args.last)
+            print(json.dumps(table, indent=2) if args.json else render_table(table["projects"]))
+    except LookupError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    status = sub.add_parser("status", help="a table of projects, or one project's scenes, tasks and scores")
+    status.add_argument("projects", type=int, nargs="*", metavar="PROJECT", help="one: detailed view; none: all")
+    status.add_argument("--last", type=int, metavar="N", help="only the N most recent projects (a table)")
+    status.add_argument("--json", action="store_true", help="machine-readable (docs/status-json.md)")
+    status.set_defaults(func=cmd_status)

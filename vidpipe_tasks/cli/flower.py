@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vidpipe_tasks.cli.common import settings_from
 from vidpipe_tasks.settings import Settings
 
 if TYPE_CHECKING:
@@ -170,3 +172,29 @@ def run_flower(app: Celery, config: FlowerConfig) -> int:
     finally:
         flower_app.stop()
     return 0
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+
+    try:
+        config = flower_config(
+            settings,
+            basic_auth=args.basic_auth,
+            port=args.port,
+            address=args.address,
+            max_tasks=args.max_tasks,
+            purge_offline_workers=args.purge_offline_workers,
+        )
+    except FlowerRefused as exc:
+        print(f"vidpipe flower: {exc}", file=sys.stderr)
+        return 2
+    from vidpipe_tasks.celery_app import app
+
+    return run_flower(app, config)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    flower = sub.add_parser("flower", help="run Flower (tasks, workers, /metrics) on the Redis broker, basic auth")
+    add_flower_arguments(flower)
+    flower.set_defaults(func=cmd_flower)

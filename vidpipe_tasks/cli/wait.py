@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from typing import TextIO
 
+from vidpipe_tasks.cli.common import settings_from
+from vidpipe_tasks.cli.status import STAGES, current_stage, load_status
 from vidpipe_tasks.settings import Settings
-from vidpipe_tasks.status import STAGES, current_stage, load_status
 
 ENDED = {"COMPLETED", "FAILED", "CANCELLED"}
 #: Exit codes: all completed, any failed or cancelled, timed out (as `timeout(1)` does).
@@ -157,3 +159,24 @@ def wait_for(
             display.note(f"timed out after {timeout:g}s")
             return EXIT_TIMEOUT
         time.sleep(poll)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+
+    try:
+        return wait_for(settings, args.projects, args.timeout, poll=args.poll, heartbeat=args.heartbeat)
+    except LookupError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    wait = sub.add_parser("wait", help="follow projects until they end (exit 1 if any failed, 124 on timeout)")
+    wait.add_argument("projects", type=int, nargs="+")
+    wait.add_argument("--timeout", type=float, default=3600.0)
+    wait.add_argument("--poll", type=float, default=0.5, help="seconds between reads of the database")
+    wait.add_argument(
+        "--heartbeat", type=float, default=30.0, help="not on a terminal: repeat unfinished projects' lines this often"
+    )
+    wait.set_defaults(func=cmd_wait)

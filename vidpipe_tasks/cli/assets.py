@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+
 from sqlalchemy import func, select
 
 from vidpipe_tasks import media
+from vidpipe_tasks.cli.common import settings_from
 from vidpipe_tasks.db.models import Asset, AssetAppearance, Manifest
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.payloads import FACE_EMBEDDING_DIMS
@@ -84,3 +89,36 @@ def render_assets(rows: list[dict]) -> str:
             f"{r['appearances']:>4}  {r['problem'] or '-'}"
         )
     return "\n".join(lines)
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+
+    if args.action == "list":
+        rows = list_assets(settings, args.manifest)
+        if args.problems:
+            rows = [r for r in rows if r["problem"]]
+        print(json.dumps(rows, indent=2) if args.json else render_assets(rows))
+        return 0
+    if not args.assets:
+        print("vidpipe assets remove: name the asset id(s) to remove", file=sys.stderr)
+        return 2
+    code = 0
+    for asset_id in args.assets:
+        try:
+            print(remove_asset(settings, asset_id, force=args.force))
+        except (LookupError, AssetInUse) as exc:
+            print(str(exc), file=sys.stderr)
+            code = 1
+    return code
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    assets = sub.add_parser("assets", help="list registry assets (with problems found) or remove a bad one")
+    assets.add_argument("action", choices=["list", "remove"])
+    assets.add_argument("assets", type=int, nargs="*", metavar="ASSET", help="remove: asset ids")
+    assets.add_argument("--manifest", help="list: only this manifest's assets")
+    assets.add_argument("--problems", action="store_true", help="list: only assets with a problem")
+    assets.add_argument("--json", action="store_true", help="list: machine-readable")
+    assets.add_argument("--force", action="store_true", help="remove: also an asset with appearances")
+    assets.set_defaults(func=cmd_assets)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -10,7 +11,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from vidpipe_tasks.settings import Settings
+from vidpipe_tasks.cli.common import settings_from
+from vidpipe_tasks.settings import ALL_QUEUES, Settings, prepare_folders
 
 APP = "vidpipe_tasks.celery_app"
 
@@ -144,3 +146,53 @@ def start_cv_launcher(settings: Settings, logdir: Path, processes: int = 1, devi
     first = "cv-cpu0" if device == "cpu" else "cv-gpu0"
     (logdir / f"{first}.log").unlink(missing_ok=True)  # readiness must come from this run
     return WorkerProcess("cv-launcher", ["cv"], proc, logdir / f"{first}.log")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    prepare_folders(settings)
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = sorted(set(queues) - set(ALL_QUEUES))
+    if unknown:
+        print(f"unknown queue(s) {unknown}; known: {list(ALL_QUEUES)}", file=sys.stderr)
+        return 2
+    name = args.name or "-".join(queues)
+    argv = worker_argv(
+        name,
+        queues,
+        pool=args.pool,
+        concurrency=args.concurrency,
+        loglevel=args.loglevel,
+        embedded=settings.is_filesystem_broker,
+        disable_prefetch=args.disable_prefetch,
+    )
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    prepare_folders(settings)
+
+    argv = beat_argv(settings, loglevel=args.loglevel)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    worker = sub.add_parser("worker", help="run a Celery worker on some queues")
+    worker.add_argument("--queues", "-Q", required=True, help=f"comma-separated, from {','.join(ALL_QUEUES)}")
+    worker.add_argument("--name", "-n", help="node name (default: the queue names)")
+    worker.add_argument("--pool", default="solo", choices=["solo", "prefork", "threads"])
+    worker.add_argument("--concurrency", "-c", type=int, default=1)
+    worker.add_argument("--loglevel", "-l", default="info")
+    worker.add_argument(
+        "--disable-prefetch", action="store_true", help="take a task only when a slot is free (Redis; autoscaling)"
+    )
+    worker.set_defaults(func=cmd_worker)
+    beat = sub.add_parser(
+        "beat", help="run Celery beat: the sweep that resumes lost chains (exactly one per installation)"
+    )
+    beat.add_argument("--loglevel", "-l", default="info")
+    beat.set_defaults(func=cmd_beat)

@@ -1,0 +1,55 @@
+"""The `vidpipe` command: one module per command group, registered here (as celery/bin does)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vidpipe_tasks.cli import (
+    assets,
+    control,
+    db,
+    demo,
+    flower,
+    generators,
+    models,
+    queues,
+    status,
+    submit,
+    wait,
+    workers,
+)
+from vidpipe_tasks.errors import SchemaNotReady
+from vidpipe_tasks.storyboard import StoryboardError
+
+#: Command groups in the order `vidpipe --help` lists them.
+COMMAND_GROUPS = (demo, submit, workers, status, wait, control, queues, generators, models, assets, flower, db)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vidpipe", description="vidpipe: AI video scene by scene, with progressive enrichment of the registry."
+    )
+    parser.add_argument("--home", help="work folder of the embedded default (env VIDPIPE_HOME)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in COMMAND_GROUPS:
+        group.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # kombu warns that the filesystem transport has no hostname; that is expected and only noise here.
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SchemaNotReady as exc:
+        print(f"vidpipe: {exc}", file=sys.stderr)
+        return 2
+    except StoryboardError as exc:
+        print("invalid storyboard(s); nothing was queued:", file=sys.stderr)
+        for file, field, reason in exc.problems:
+            print(f"  {file}: {field}: {reason}", file=sys.stderr)
+        return 2
