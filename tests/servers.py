@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,8 @@ class PostgresServer:
             check=False,
             capture_output=True,
         )
+        if self.datadir.parent.name.startswith("vidpipe-pg-"):
+            shutil.rmtree(self.datadir.parent, ignore_errors=True)
 
 
 def start_postgres(workdir: Path) -> PostgresServer:
@@ -167,13 +170,12 @@ def start_postgres(workdir: Path) -> PostgresServer:
     run_as: list[str] = []
     workdir.mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:
-        # PostgreSQL refuses to run as root; the Debian package creates the postgres user.
+        # PostgreSQL refuses to run as root; the Debian package creates the postgres user. The cluster gets a
+        # folder of its own under /tmp: postgres must reach it, and pytest resets its temp root to 0700
+        # whenever another pytest session starts, so a cluster below it would lose its way in.
         run_as = ["runuser", "-u", "postgres", "--"]
+        workdir = Path(tempfile.mkdtemp(prefix="vidpipe-pg-"))  # 0700, under the world-traversable /tmp
         shutil.chown(workdir, user="postgres")
-        for parent in workdir.parents:  # postgres must be able to reach its data folder
-            if parent == Path("/"):
-                break
-            os.chmod(parent, os.stat(parent).st_mode | 0o011)
     datadir = workdir / "data"
     port = free_port()
     subprocess.run(

@@ -100,7 +100,7 @@ def upsert_manifest(
             try:
                 reference = _store_reference(settings, manifest.id, a.tag, a.reference_image, base)
             except ReferenceRefused as exc:
-                raise StoryboardError([(name, f"manifest.assets.{i}.reference_image", str(exc))]) from None
+                raise StoryboardError([(name, f"manifest.asset {i + 1}.reference_image", str(exc))]) from None
             if written is not None:
                 written.append(media.absolute(settings.media_root, reference))
         values = {

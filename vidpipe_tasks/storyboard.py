@@ -156,16 +156,12 @@ class Storyboard(_Strict):
     @model_validator(mode="after")
     def _tags_resolve(self) -> Storyboard:
         assets = self.manifest.assets if self.manifest else []
-        _no_duplicates([a.tag for a in assets] + [c.tag for c in self.characters], "tag")
-        known = {a.tag for a in assets if a.type == "character"} | {c.tag for c in self.characters}
-        for i, scene in enumerate(self.scenes):
-            _no_duplicates(scene.characters, f"scenes.{i}.characters")
-            unknown = [t for t in scene.characters if t not in known]
-            if unknown:
-                raise ValueError(
-                    f"scenes.{i}.characters: unknown character(s) {unknown}; declare them under "
-                    "manifest.assets (type: character) or characters"
-                )
+        problems = tag_problems(
+            [(a.tag, a.type) for a in assets], [c.tag for c in self.characters], [s.characters for s in self.scenes]
+        )
+        if problems:
+            # One "field: reason" per line; _fields_and_reasons splits them into separate problems.
+            raise ValueError("\n".join(f"{field}: {reason}" for field, reason in problems))
         return self
 
     def clip_format(self, scene: SceneSpec) -> ClipFormat:
@@ -180,14 +176,63 @@ class Storyboard(_Strict):
         return next((c.name for c in self.characters if c.tag == tag), tag)
 
 
-def _no_duplicates(values: list[str], where: str) -> None:
+def _duplicates(values: list[str], where: str) -> list[tuple[str, str]]:
     seen = {v for v in values if values.count(v) > 1}
-    if seen:
-        raise ValueError(f"{where}: duplicate {sorted(seen)}")
+    return [(where, f"duplicate {sorted(seen)}")] if seen else []
 
 
-def _field(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+def tag_problems(
+    assets: list[tuple[str, str]], cast: list[str], scene_characters: list[list[str]]
+) -> list[tuple[str, str]]:
+    """Duplicate tags, and scene characters declared nowhere, as (field, reason) with scenes counted from 1.
+
+    Args:
+        assets: (tag, type) of each manifest asset.
+        cast: tags of the characters declared without a reference.
+        scene_characters: the character tags of each scene, in order.
+
+    """
+    problems = _duplicates([tag for tag, _ in assets] + cast, "tag")
+    known = {tag for tag, kind in assets if kind == "character"} | set(cast)
+    for number, tags in enumerate(scene_characters, start=1):
+        problems += _duplicates(tags, f"scene {number}.characters")
+        unknown = [t for t in tags if t not in known]
+        if unknown:
+            problems.append(
+                (
+                    f"scene {number}.characters",
+                    f"unknown character(s) {unknown}; declare them under manifest.assets (type: character) or "
+                    "characters",
+                )
+            )
+    return problems
+
+
+def _raw_tag_problems(data: dict) -> list[tuple[str, str]]:
+    """tag_problems on data that failed field validation, so one run reports those too (shapes permitting)."""
+
+    def items(value: object) -> list[dict]:
+        return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+    def tags(value: object) -> list[str]:
+        return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+    manifest = data.get("manifest") if isinstance(data.get("manifest"), dict) else {}
+    assets = [(a["tag"], a.get("type")) for a in items(manifest.get("assets")) if isinstance(a.get("tag"), str)]
+    cast = [c["tag"] for c in items(data.get("characters")) if isinstance(c.get("tag"), str)]
+    scenes = [tags(sc.get("characters")) for sc in items(data.get("scenes"))]
+    return tag_problems(assets, cast, scenes)
+
+
+def field_path(loc: tuple) -> str:
+    """A field as people count: ("scenes", 0, "fps") is "scene 1.fps", ("manifest", "assets", 2) "manifest.asset 3"."""
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int) and parts:
+            parts[-1] = f"{parts[-1].removesuffix('s')} {part + 1}"
+        else:
+            parts.append(str(part))
+    return ".".join(parts) or "(top level)"
 
 
 def printable(text: str, limit: int = 300) -> str:
@@ -249,7 +294,11 @@ def validate_storyboard(data: object, name: str, base: Path, limits: InputLimits
     try:
         board = Storyboard.model_validate(data)
     except ValidationError as exc:
-        problems = [(name, *_field_and_reason(e)) for e in exc.errors(include_url=False)]
+        errors = exc.errors(include_url=False)
+        problems = [(name, *fr) for e in errors for fr in _fields_and_reasons(e)]
+        if all(e["loc"] for e in errors):  # the cross-field check did not run: report its findings too
+            reported = {field for _, field, _ in problems}
+            problems += [(name, f, r) for f, r in _raw_tag_problems(data) if f not in reported]
         raise StoryboardError(_capped(problems)) from None
     problems = [(name, f, r) for f, r in quota_problems(board, limits) + _reference_problems(board, base, limits)]
     if problems:
@@ -264,14 +313,17 @@ def _capped(problems: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
     return [*problems[:MAX_PROBLEMS], (name, "(more)", f"{len(problems) - MAX_PROBLEMS} more problem(s) not shown")]
 
 
-def _field_and_reason(error: dict) -> tuple[str, str]:
+def _fields_and_reasons(error: dict) -> list[tuple[str, str]]:
     # pydantic prefixes custom errors with "Value error, "; keep the reason itself.
     reason = re.sub(r"^Value error, ", "", error["msg"])
-    # Cross-field checks run on the whole model and name their field at the start of the reason.
-    named = re.match(r"^([a-z_]+(?:\.\w+)*): (.*)$", reason, re.S) if not error["loc"] else None
-    if named:
-        return named.group(1), printable(named.group(2))
-    return printable(_field(error["loc"]), 120), printable(reason)
+    if error["loc"]:
+        return [(printable(field_path(error["loc"]), 120), printable(reason))]
+    # Cross-field checks run on the whole model and name their field at the start of each line.
+    found = []
+    for line in reason.splitlines():
+        named = re.match(r"^([a-z_]+(?: \d+)?(?:\.\w+(?: \d+)?)*): (.*)$", line)
+        found.append((named.group(1), printable(named.group(2))) if named else ("(top level)", printable(line)))
+    return found
 
 
 def project_totals(board: Storyboard) -> tuple[float, int]:
@@ -322,7 +374,7 @@ def _reference_problems(board: Storyboard, base: Path, limits: InputLimits) -> l
     problems = []
     for i, asset in enumerate(board.manifest.assets if board.manifest else []):
         ref = asset.reference_image
-        where = f"manifest.assets.{i}.reference_image"
+        where = f"manifest.asset {i + 1}.reference_image"
         if ref is None:
             continue
         if stock.is_stock_uri(ref):

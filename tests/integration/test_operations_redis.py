@@ -92,7 +92,7 @@ def test_one_malformed_file_among_good_ones_exits_2_and_nothing_reaches_redis_or
     bad.write_text("title: Bad\nscenes:\n  - description: A ghost appears.\n    characters: [ghost]\n")
     result = vidpipe(ops, "submit", str(DATA / "ops_short.yaml"), str(DATA / "ops_batch.jsonl"), str(bad))
     assert result.returncode == 2
-    assert f"{bad}: scenes.0.characters" in result.stderr and "nothing was queued" in result.stderr
+    assert f"{bad}: scene 1.characters" in result.stderr and "nothing was queued" in result.stderr
     assert redis.Redis.from_url(ops.broker_url).dbsize() == 0
     with session_scope(ops.database_url) as s:
         assert s.scalar(select(func.count()).select_from(Project)) == 0

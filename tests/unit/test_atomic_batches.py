@@ -54,7 +54,7 @@ def test_a_reference_that_breaks_after_validation_stores_nothing_of_the_batch(tm
     with pytest.raises(StoryboardError) as caught:
         submit_inputs(create_app(settings), settings, inputs)
     ((file, field, reason),) = caught.value.problems
-    assert (file, field) == (str(stories / "bo.yaml"), "manifest.assets.0.reference_image")
+    assert (file, field) == (str(stories / "bo.yaml"), "manifest.asset 1.reference_image")
     assert "not an image" in reason
     assert counts(settings) == (0, 0, 0)
     assert not list((settings.media_root / "manifests").rglob("*.png"))  # no orphan copy of ana.png
@@ -69,7 +69,7 @@ def test_a_batch_with_one_corrupt_reference_is_refused_whole_by_submit(tmp_path:
     home = tmp_path / "work"
     result = run_vidpipe(home, "submit", str(board(stories, "ana", "ana.png")), str(board(stories, "bo", "bo.png")))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{stories / 'bo.yaml'}: manifest.assets.0.reference_image: " in result.stderr
+    assert f"{stories / 'bo.yaml'}: manifest.asset 1.reference_image: " in result.stderr
     assert not (home / "vidpipe.db").exists()  # refused before the database was touched
 
 

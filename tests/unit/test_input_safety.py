@@ -38,11 +38,11 @@ def scene(**fields: object) -> dict:
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"fps": True}, "scenes.0.fps"),
-        ({"fps": "12"}, "scenes.0.fps"),
-        ({"duration_s": "4"}, "scenes.0.duration_s"),
-        ({"duration_s": False}, "scenes.0.duration_s"),
-        ({"fps": 12.0}, "scenes.0.fps"),
+        ({"fps": True}, "scene 1.fps"),
+        ({"fps": "12"}, "scene 1.fps"),
+        ({"duration_s": "4"}, "scene 1.duration_s"),
+        ({"duration_s": False}, "scene 1.duration_s"),
+        ({"fps": 12.0}, "scene 1.fps"),
     ],
 )
 def test_a_bool_or_a_numeric_string_is_not_a_number(tmp_path: Path, fields: dict, field: str) -> None:
@@ -54,7 +54,7 @@ def test_fps_true_in_yaml_is_refused_rather_than_stored_as_one(tmp_path: Path) -
     path = tmp_path / "board.yaml"
     path.write_text("title: t\nscenes:\n  - description: d\n    fps: true\n")
     ((_, field, reason),) = problems(path)
-    assert field == "scenes.0.fps" and "integer" in reason
+    assert field == "scene 1.fps" and "integer" in reason
 
 
 def test_a_number_is_not_a_title(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_a_number_is_not_a_title(tmp_path: Path) -> None:
 def test_nan_and_infinity_are_refused_in_yaml_and_json(tmp_path: Path) -> None:
     path = tmp_path / "board.yaml"
     path.write_text("title: t\nscenes:\n  - description: d\n    duration_s: .nan\n")
-    assert [f for _, f, _ in problems(path)] == ["scenes.0.duration_s"]
+    assert [f for _, f, _ in problems(path)] == ["scene 1.duration_s"]
     raw = tmp_path / "board.json"
     raw.write_text('{"title": "t", "scenes": [{"description": "d", "duration_s": Infinity}]}')
     ((_, field, reason),) = problems(raw)
@@ -98,10 +98,14 @@ def test_yaml_aliases_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("where", "text"),
-    [("title", "The \x00 keeper"), ("scenes.0.description", "a\x00b"), ("characters.0.name", "Ot\x1bto")],
+    ("where", "shown", "text"),
+    [
+        ("title", "title", "The \x00 keeper"),
+        ("scenes.0.description", "scene 1.description", "a\x00b"),
+        ("characters.0.name", "character 1.name", "Ot\x1bto"),
+    ],
 )
-def test_nul_and_control_characters_are_refused_in_text(tmp_path: Path, where: str, text: str) -> None:
+def test_nul_and_control_characters_are_refused_in_text(tmp_path: Path, where: str, shown: str, text: str) -> None:
     data = json.loads(json.dumps(GOOD))
     target, *path = where.split(".")
     if path:
@@ -109,7 +113,7 @@ def test_nul_and_control_characters_are_refused_in_text(tmp_path: Path, where: s
     else:
         data[target] = text
     ((file, field, reason),) = problems(write_json(tmp_path / "board.json", data))
-    assert field == where and "control character" in reason
+    assert field == shown and "control character" in reason
 
 
 def test_newlines_and_tabs_are_allowed_in_descriptions(tmp_path: Path) -> None:
@@ -170,7 +174,7 @@ def test_an_oversized_jsonl_file_and_an_oversized_line_are_refused(tmp_path: Pat
 
 def test_an_overlong_description_is_refused(tmp_path: Path) -> None:
     found = problems(write_json(tmp_path / "b.json", scene(description="x" * (MAX_DESCRIPTION_CHARS + 1))))
-    assert [(f, "at most 2000" in r) for _, f, r in found] == [("scenes.0.description", True)]
+    assert [(f, "at most 2000" in r) for _, f, r in found] == [("scene 1.description", True)]
 
 
 def test_a_project_above_the_scene_quota_is_refused(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def test_reference_images_of_a_jsonl_storyboard_resolve_against_the_jsonl_folder
     assert load_inputs([batch])[0].board.manifest.assets[0].reference_image == "face.png"
     (tmp_path / "face.png").unlink()
     assert problems_of([batch]) == [
-        (f"{batch}:1", "manifest.assets.0.reference_image", f"file not found: {tmp_path / 'face.png'}")
+        (f"{batch}:1", "manifest.asset 1.reference_image", f"file not found: {tmp_path / 'face.png'}")
     ]
 
 
@@ -112,7 +112,7 @@ def test_problems_of_every_input_are_reported_together(tmp_path: Path) -> None:
     batch.write_text("[1, 2]\n")
     problems = problems_of([good, bad, tmp_path / "missing.yaml", batch])
     assert [(p[0], p[1]) for p in problems] == [
-        (str(bad), "scenes.0.characters"),
+        (str(bad), "scene 1.characters"),
         (str(tmp_path / "missing.yaml"), "(file)"),
         (f"{batch}:1", "(top level)"),
     ]

@@ -15,7 +15,7 @@ from vidpipe_tasks.inputs import load_inputs
 from vidpipe_tasks.limits import InputLimits
 from vidpipe_tasks.storyboard import StoryboardError
 
-FIELD = "manifest.assets.0.reference_image"
+FIELD = "manifest.asset 1.reference_image"
 
 
 def board_with(folder: Path, reference: str) -> Path:

@@ -46,15 +46,15 @@ def test_an_undeclared_character_is_reported_with_file_and_field(tmp_path: Path)
     with pytest.raises(StoryboardError) as err:
         load_storyboard(path)
     (file, field, reason), *_ = err.value.problems
-    assert (file, field) == (str(path), "scenes.0.characters") and "zed" in reason
+    assert (file, field) == (str(path), "scene 1.characters") and "zed" in reason
 
 
 @pytest.mark.parametrize(
     ("mutation", "field"),
     [
         ({"scenes": []}, "scenes"),
-        ({"scenes": [{"description": "d", "size": "641x360"}]}, "scenes.0.size"),
-        ({"scenes": [{"description": "d", "fps": 0}]}, "scenes.0.fps"),
+        ({"scenes": [{"description": "d", "size": "641x360"}]}, "scene 1.size"),
+        ({"scenes": [{"description": "d", "fps": 0}]}, "scene 1.fps"),
         ({"title": ""}, "title"),
         ({"surprise": 1}, "surprise"),
     ],
@@ -87,3 +87,21 @@ def test_every_bad_file_is_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(StoryboardError) as err:
         load_storyboards([good, broken, missing])
     assert {f for f, _, _ in err.value.problems} == {str(broken), str(missing)}
+
+
+def test_every_problem_of_one_file_is_reported_at_once_with_scenes_counted_from_one(tmp_path):
+    path = tmp_path / "many.yaml"
+    path.write_text(
+        "title: many faults\n"
+        "characters: [{tag: ann, name: Ann}, {tag: ann, name: Ann again}]\n"
+        "scenes:\n"
+        "  - {description: one, characters: [zed]}\n"
+        "  - {description: two, fps: 0}\n"
+        "  - {description: three, characters: [ann, ann, yan]}\n"
+    )
+    with pytest.raises(StoryboardError) as err:
+        load_storyboard(path)
+    fields = sorted(field for _, field, _ in err.value.problems)
+    assert fields == ["scene 1.characters", "scene 2.fps", "scene 3.characters", "scene 3.characters", "tag"]
+    reasons = " ".join(reason for _, _, reason in err.value.problems)
+    assert "'zed'" in reasons and "'yan'" in reasons and "duplicate ['ann']" in reasons
