@@ -18,7 +18,7 @@ from tests.conftest import DATA, production_settings, redis_db_pair
 from tests.helpers import run_vidpipe as vidpipe
 from tests.helpers import wait_until
 from vidpipe_tasks.celery_app import create_app
-from vidpipe_tasks.cli.queues import queues_report
+from vidpipe_tasks.cli.queues import queues_report, render_queues
 from vidpipe_tasks.cli.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import Asset, AssetAppearance, Clip, Project, TaskRun
 from vidpipe_tasks.db.session import session_scope
@@ -278,3 +278,30 @@ def test_beat_puts_each_recovery_sweep_ahead_of_the_registry_backlog(ops: Settin
     broker = redis.Redis.from_url(ops.broker_url)
     _key, raw = broker.brpop([REGISTRY_QUEUE], timeout=5)
     assert json.loads(raw)["headers"]["id"] == sent.id and broker.llen(REGISTRY_QUEUE) == 20
+
+
+def test_queues_tells_a_busy_solo_worker_from_a_stopped_one(ops: Settings) -> None:
+    # Given a solo-pool worker (it answers inspect only between tasks) rendering a long project
+    (project,) = submit(ops, str(DATA / "ops_long.yaml"))
+    app = create_app(ops)
+    worker = start_worker(ops, "solo", [GENERATION_QUEUE, REGISTRY_QUEUE], ops.home / "logs", pool="solo")
+    try:
+        wait_ready([worker])
+        # When it is inside a task, the report says busy and names the task from the run log
+        busy = wait_until(
+            lambda: (r := queues_report(app, ops, timeout=0.3))["workers_state"]["verdict"] == "busy" and r,
+            "a busy verdict",
+            timeout=120,
+        )
+        (running,) = busy["workers_state"]["busy_not_answering"]
+        assert running["worker"].startswith("solo@") and running["project_id"] == project
+        assert running["task"] == "vidpipe.generate_clip"
+        assert "workers are BUSY, not down" in render_queues(busy)
+        vidpipe(ops, "cancel", str(project))
+    finally:
+        stop_workers([worker])
+    # Then, with the worker stopped, nothing answers and nothing runs: down
+    down = queues_json(ops, "--timeout", "0.3")
+    assert down["workers"] == [] and down["workers_state"] == {"verdict": "down", "busy_not_answering": []}
+    text = vidpipe(ops, "queues", "--timeout", "0.3").stdout
+    assert "workers are DOWN" in text

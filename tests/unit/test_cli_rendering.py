@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 
 from vidpipe_tasks.cli.status import current_stage, format_age, render_table
-from vidpipe_tasks.cli.wait import PlainProgress, TtyProgress, progress_line
+from vidpipe_tasks.cli.wait import PlainProgress, TtyProgress, elapsed_and_eta, progress_line
 
 
 def summary(project_id: int, **overrides) -> dict:
@@ -25,7 +26,7 @@ def summary(project_id: int, **overrides) -> dict:
 def status(project_id: int, state: str, stages: list[tuple[str, str, str]]) -> dict:
     names = ("generation", "analysis", "registry")
     scenes = [{"scene_index": i, "stages": dict(zip(names, st, strict=True))} for i, st in enumerate(stages, 1)]
-    return {"project_id": project_id, "status": state, "scenes": scenes}
+    return {"project_id": project_id, "title": "Harbour", "status": state, "scenes": scenes}
 
 
 def test_the_table_has_one_aligned_row_per_project() -> None:
@@ -81,9 +82,10 @@ def test_the_current_stage_is_the_first_unfinished_stage_of_the_first_unfinished
 
 def test_the_bar_moves_per_stage_and_names_where_the_project_is() -> None:
     half = status(3, "RUNNING", [("DONE", "DONE", "DONE"), ("DONE", "RUNNING", "PENDING")])
-    assert progress_line(half, width=12) == "project    3 [########----] 1/2 RUNNING scene 2 analysis running"
+    line = "project    3 Harbour     [########----] 1/2 RUNNING scene 2 analysis running"
+    assert progress_line(half, width=12, title_width=11) == line
     done = status(3, "COMPLETED", [("DONE", "SKIPPED", "SKIPPED")] * 2)
-    assert progress_line(done, width=12) == "project    3 [############] 2/2 COMPLETED"
+    assert progress_line(done, width=12, title_width=7) == "project    3 Harbour [############] 2/2 COMPLETED"
 
 
 def test_the_bar_shows_a_remote_generation_job_in_flight() -> None:
@@ -111,3 +113,36 @@ def test_in_logs_a_line_is_printed_when_it_changes_and_open_projects_repeat_on_t
     plain.heartbeat = 0  # every update is a heartbeat now
     plain.update({1: "a1", 2: "b2"}, {2})
     assert out.getvalue().splitlines() == ["a1", "b1", "b2", "a1"]
+
+
+def _started(status: dict, scene: int, at: str) -> None:
+    status["scenes"][scene - 1]["tasks"] = [{"started_at": at}]
+
+
+def test_the_bar_shows_the_time_since_the_first_task_and_an_eta_from_the_stages_done() -> None:
+    half = status(3, "RUNNING", [("DONE", "DONE", "DONE"), ("RUNNING", "PENDING", "PENDING")])
+    _started(half, 1, "2026-12-01T10:00:00+00:00")
+    now = datetime(2026, 12, 1, 10, 2, tzinfo=UTC)  # 3 of 6 stages through after 2 minutes: 2 minutes to go
+    assert elapsed_and_eta(half, now) == (120.0, 120.0)
+    assert " RUNNING 2m ETA 2m scene 2 generation running" in progress_line(half, now=now)
+
+
+def test_a_queued_project_shows_no_eta_and_an_ended_one_its_duration() -> None:
+    queued = status(4, "PENDING", [("PENDING", "PENDING", "PENDING")])
+    now = datetime(2026, 12, 1, 10, 2, tzinfo=UTC)
+    assert elapsed_and_eta(queued, now) == (None, None)
+    assert " PENDING queued scene 1" in progress_line(queued, now=now)
+    done = status(5, "COMPLETED", [("DONE", "DONE", "DONE")])
+    _started(done, 1, "2026-12-01T10:00:00+00:00")
+    done["finished_at"] = "2026-12-01T10:00:42+00:00"
+    assert elapsed_and_eta(done, now) == (42.0, None)
+    assert progress_line(done, now=now).endswith("1/1 COMPLETED in 42s")
+
+
+def test_in_logs_only_a_change_of_state_prints_a_line_not_the_clock_moving() -> None:
+    out = io.StringIO()
+    plain = PlainProgress(out, heartbeat=3600)
+    plain.update({1: "p1 10s ETA 5m"}, set(), keys={1: "p1"})
+    plain.update({1: "p1 11s ETA 5m"}, set(), keys={1: "p1"})
+    plain.update({1: "p1 done in 12s"}, {1}, keys={1: "p1 done"})
+    assert out.getvalue().splitlines() == ["p1 10s ETA 5m", "p1 done in 12s"]

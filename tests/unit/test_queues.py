@@ -76,3 +76,32 @@ def test_the_queues_report_shows_each_priority_list_by_its_printable_key() -> No
     assert lines[1].split()[:3] == ["generation", "3", "1"]
     assert "0-2: 1 (generation)" in lines[1] and "6-8: 2 (generation\\x06\\x166)" in lines[1]
     assert lines[3:] == ["gen@host: 1 active, 0 reserved", "  active   generate_clip (project 4 scene 1) on generation"]
+
+
+def _report(workers: list, running: list | None) -> dict:
+    from vidpipe_tasks.cli.queues import workers_state
+
+    return {"queues": [], "workers": workers, "timeout_s": 0.5, "workers_state": workers_state(workers, running)}
+
+
+def test_no_answer_with_a_running_task_in_the_run_log_reads_as_busy_not_down() -> None:
+    run = {"worker": "gen@h", "task": "vidpipe.generate_clip", "queue": "generation", "project_id": 7}
+    report = _report([], [run | {"scene_index": 2, "running_s": 12.0}])
+    assert report["workers_state"]["verdict"] == "busy"
+    text = render_queues(report)
+    assert "no worker answered within 0.5 s, but workers are BUSY, not down" in text
+    assert "gen@h: busy, running generate_clip (project 7 scene 2) on generation for 12 s" in text
+
+
+def test_no_answer_and_nothing_running_reads_as_down_and_an_unreadable_database_says_neither() -> None:
+    assert "workers are DOWN" in render_queues(_report([], []))
+    unknown = _report([], None)
+    assert unknown["workers_state"]["verdict"] == "unknown" and "could not be read" in render_queues(unknown)
+
+
+def test_a_busy_worker_beside_answering_ones_is_listed_as_not_answering() -> None:
+    answering = [{"worker": "cv@h", "active": [], "reserved": []}]
+    run = {"worker": "gen@h", "task": "vidpipe.register_entities", "queue": "registry", "project_id": 1}
+    report = _report(answering, [run | {"scene_index": 1, "running_s": 3.0}])
+    assert report["workers_state"]["verdict"] == "answering"
+    assert render_queues(report).splitlines()[-1].endswith("(did not answer: solo pool)")

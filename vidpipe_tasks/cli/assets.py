@@ -9,7 +9,7 @@ import sys
 from sqlalchemy import func, select
 
 from vidpipe_tasks import media
-from vidpipe_tasks.cli.common import settings_from
+from vidpipe_tasks.cli.common import existing_installation
 from vidpipe_tasks.db.models import Asset, AssetAppearance, Manifest
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.payloads import FACE_EMBEDDING_DIMS
@@ -92,7 +92,7 @@ def render_assets(rows: list[dict]) -> str:
 
 
 def cmd_assets(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = existing_installation(args)
 
     if args.action == "list":
         rows = list_assets(settings, args.manifest)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vidpipe_tasks.cli.common import settings_from
+from vidpipe_tasks.cli.common import existing_installation
 from vidpipe_tasks.inputs import priority_arg
 from vidpipe_tasks.settings import prepare_folders
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = existing_installation(args)
     prepare_folders(settings)  # a project stored while another broker was configured has none yet
     from kombu.exceptions import OperationalError
 
@@ -32,7 +32,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = existing_installation(args)
     from vidpipe_tasks.celery_app import app
     from vidpipe_tasks.workflow import cancel
 

@@ -144,12 +144,21 @@ def print_summary(statuses: list[dict]) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(Path(args.work_dir), fresh=args.fresh, timeout=args.timeout)
+    # The same home as every other command's, so `vidpipe status` afterwards reads the demo's database.
+    home = getattr(args, "home", None) or os.environ.get("VIDPIPE_HOME") or "vidpipe-work"
+    return run_demo(Path(home), fresh=args.fresh, timeout=args.timeout)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="run the bundled examples end to end on the embedded default")
-    demo.add_argument("--work-dir", default="vidpipe-work", help="folder for database, broker, results and media")
+    demo = sub.add_parser(
+        "demo",
+        help="run the bundled examples end to end on the embedded default",
+        description="Run the bundled examples on the embedded default in --home (default ./vidpipe-work: "
+        "database, broker, results and media). Afterwards `vidpipe status` with the same --home shows them.",
+    )
+    demo.add_argument(
+        "--work-dir", dest="home", default=argparse.SUPPRESS, help="the same as --home (kept for old scripts)"
+    )
     demo.add_argument("--fresh", action="store_true", help="delete the work folder first")
     demo.add_argument("--timeout", type=float, default=1200.0, help="give up after this many seconds")
     demo.set_defaults(func=cmd_demo)

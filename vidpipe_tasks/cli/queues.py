@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
@@ -47,15 +48,76 @@ def worker_load(app: Celery, timeout: float = 1.0) -> list[dict[str, Any]]:
     ]
 
 
+def running_in_database(settings: Settings) -> list[dict[str, Any]] | None:
+    """Tasks the run log shows running whose project lease is fresh (a heartbeat is keeping it), or None.
+
+    A busy solo-pool worker does not answer `inspect`; the heartbeat thread of the task it runs still
+    renews its project's lease, so a fresh lease with a running run-log row means busy, not down.
+    None when the database cannot be read (then the report says nothing either way).
+    """
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from vidpipe_tasks.db.models import Project, TaskRun
+    from vidpipe_tasks.db.session import session_scope
+
+    now = datetime.now(UTC)
+    try:
+        with session_scope(settings.database_url) as session:
+            rows = session.execute(
+                select(TaskRun, Project.lease_until)
+                .join(Project, Project.id == TaskRun.project_id)
+                .where(TaskRun.outcome == "running")
+                .order_by(TaskRun.started_at)
+            ).all()
+            return [
+                {
+                    "worker": run.worker,
+                    "task": run.task_name,
+                    "queue": run.queue,
+                    "project_id": run.project_id,
+                    "scene_index": run.scene_index,
+                    "running_s": round((now - _aware(run.started_at)).total_seconds(), 1),
+                }
+                for run, lease in rows
+                if lease is not None and _aware(lease) > now
+            ]
+    except SQLAlchemyError:
+        return None
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def workers_state(answered: list[dict[str, Any]], running: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Busy vs down: which running tasks belong to workers that did not answer, and the verdict."""
+    names = {w["worker"] for w in answered}
+    silent = [r for r in running or [] if r["worker"] not in names]
+    if answered:
+        verdict = "answering"
+    elif silent:
+        verdict = "busy"
+    elif running is None:
+        verdict = "unknown"
+    else:
+        verdict = "down"
+    return {"verdict": verdict, "busy_not_answering": silent}
+
+
 def queues_report(app: Celery, settings: Settings, timeout: float = 1.0, workers: bool = True) -> dict[str, Any]:
-    """`vidpipe queues --json`: queue depths and, unless `workers` is False, per-worker load."""
+    """`vidpipe queues --json`: queue depths and, unless `workers` is False, per-worker load and busy vs down."""
     broker = "redis" if settings.is_redis_broker else "filesystem" if settings.is_filesystem_broker else "other"
-    return {
+    report: dict[str, Any] = {
         "broker": broker,
         "priorities": broker == "redis",
         "queues": queue_depths(app, settings),
         "workers": worker_load(app, timeout) if workers else None,
+        "timeout_s": timeout,
     }
+    if workers:
+        report["workers_state"] = workers_state(report["workers"], running_in_database(settings))
+    return report
 
 
 def _printable_key(key: str) -> str:
@@ -64,7 +126,7 @@ def _printable_key(key: str) -> str:
 
 def _task_text(t: dict) -> str:
     where = f"project {t['project_id']} scene {t['scene_index']}" if t["scene_index"] else f"project {t['project_id']}"
-    return f"{t['task'].removeprefix('vidpipe.')} ({where}) on {t['queue']}"
+    return f"{(t['task'] or '?').removeprefix('vidpipe.')} ({where}) on {t['queue']}"
 
 
 def render_queues(report: dict[str, Any]) -> str:
@@ -77,13 +139,32 @@ def render_queues(report: dict[str, Any]) -> str:
     if report["workers"] is None:
         return "\n".join(lines)
     lines.append("")
-    if not report["workers"]:
-        lines.append("no worker answered (none running, or all busy in a solo pool)")
     for w in report["workers"]:
         lines.append(f"{w['worker']}: {len(w['active'])} active, {len(w['reserved'])} reserved")
         lines += [f"  active   {_task_text(t)}" for t in w["active"]]
         lines += [f"  reserved {_task_text(t)}" for t in w["reserved"]]
+    lines += _state_lines(report)
     return "\n".join(lines)
+
+
+def _state_lines(report: dict[str, Any]) -> list[str]:
+    state = report.get("workers_state") or {"verdict": "unknown", "busy_not_answering": []}
+    waited = f"{report.get('timeout_s', 1.0):g} s"
+    busy = [
+        f"{r['worker'] or '(unknown worker)'}: busy, running {_task_text(r)} for {r['running_s']:g} s"
+        for r in state["busy_not_answering"]
+    ]
+    if state["verdict"] == "busy":
+        return [
+            f"no worker answered within {waited}, but workers are BUSY, not down (a solo-pool worker answers "
+            "only between tasks; the run log and fresh project leases show these running):",
+            *(f"  {line}" for line in busy),
+        ]
+    if state["verdict"] == "down":
+        return [f"no worker answered within {waited} and nothing is running: workers are DOWN (or none was started)"]
+    if state["verdict"] == "unknown" and not report["workers"]:
+        return [f"no worker answered within {waited} (the database could not be read to tell busy from down)"]
+    return [*(f"{line} (did not answer: solo pool)" for line in busy)]
 
 
 def cmd_queues(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from vidpipe_tasks.cli.common import settings_from
+from vidpipe_tasks.cli.common import existing_installation
 from vidpipe_tasks.db.models import GenerationJob, Project, Scene, SceneManifest, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import Settings
@@ -295,6 +295,11 @@ def format_age(seconds: float) -> str:
     return f"{int(max(seconds, 0))}s"
 
 
+def shorten(text: str, width: int) -> str:
+    """`text` cut to `width` characters, the cut shown with an ellipsis."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _stage_text(stage: dict | None) -> str:
     if stage is None:
         return "-"
@@ -307,7 +312,7 @@ def render_table(summaries: list[dict], title_width: int = 32) -> str:
     rows = [
         (
             str(p["project_id"]),
-            p["title"] if len(p["title"]) <= title_width else p["title"][: title_width - 1] + "…",
+            shorten(p["title"], title_width),
             p["status"],
             f"{p['scenes_done']}/{p['scenes_total']}",
             _stage_text(p["current_stage"]),
@@ -330,7 +335,7 @@ def render_table(summaries: list[dict], title_width: int = 32) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = existing_installation(args)
 
     if args.last is not None and args.last < 1:
         print("vidpipe status: --last needs a positive number", file=sys.stderr)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from datetime import UTC, datetime
 from typing import TextIO
 
-from vidpipe_tasks.cli.common import settings_from
-from vidpipe_tasks.cli.status import STAGES, current_stage, load_status
+from vidpipe_tasks.cli.common import existing_installation
+from vidpipe_tasks.cli.status import STAGES, current_stage, format_age, load_status, shorten
 from vidpipe_tasks.settings import Settings
 
 ENDED = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -31,12 +32,50 @@ def stage_fraction(status: dict) -> float:
     return sum(1 for st in stages if st in _STAGE_DONE) / len(stages)
 
 
-def progress_line(status: dict, width: int = 20) -> str:
-    """One project's bar: ``project    1 [#######-------------] 1/4 RUNNING scene 2 analysis running``."""
+def _parse(iso: str | None) -> datetime | None:
+    return datetime.fromisoformat(iso) if iso else None
+
+
+def elapsed_and_eta(status: dict, now: datetime) -> tuple[float | None, float | None]:
+    """Seconds since the project's first task started (to its end once ended), and a linear ETA.
+
+    The ETA extrapolates the time per finished stage to the stages left; it is None before the first
+    stage is through and once the project ended.
+    """
+    tasks = [t for sc in status["scenes"] for t in sc.get("tasks", [])] + status.get("project_tasks", [])
+    starts = [d for d in (_parse(t.get("started_at")) for t in tasks) if d]
+    if not starts:
+        return None, None
+    end = _parse(status.get("finished_at")) if status["status"] in ENDED else None
+    elapsed = max(((end or now) - min(starts)).total_seconds(), 0.0)
+    fraction = stage_fraction(status)
+    if status["status"] in ENDED or fraction <= 0:
+        return elapsed, None
+    return elapsed, elapsed * (1 - fraction) / fraction
+
+
+def _timing(status: dict, now: datetime) -> str:
+    elapsed, eta = elapsed_and_eta(status, now)
+    if elapsed is None:
+        return " queued" if status["status"] not in ENDED else ""
+    if status["status"] in ENDED:
+        return f" in {format_age(elapsed)}"
+    return f" {format_age(elapsed)} ETA {'?' if eta is None else format_age(eta)}"
+
+
+def progress_line(status: dict, width: int = 20, now: datetime | None = None, title_width: int = 24) -> str:
+    """One project's bar, e.g. ``project    1 Lighthouse keeper [####----] 1/4 RUNNING 42s ETA 2m scene 2 ...``.
+
+    Timing (elapsed, ETA) is shown when `now` is given; without it the line changes only when the project
+    moves, which is what plain logs compare.
+    """
     total, done = len(status["scenes"]), scenes_done(status)
     filled = round(width * stage_fraction(status))
     bar = "#" * filled + "-" * (width - filled)
-    line = f"project {status['project_id']:>4} [{bar}] {done}/{total} {status['status']}"
+    title = shorten(status.get("title") or "", title_width).ljust(title_width)
+    line = f"project {status['project_id']:>4} {title} [{bar}] {done}/{total} {status['status']}"
+    if now is not None:
+        line += _timing(status, now)
     if status["status"] not in ENDED:
         stage = current_stage([(sc["scene_index"], sc["stages"]) for sc in status["scenes"]])
         if stage:
@@ -67,13 +106,15 @@ class PlainProgress:
         self.shown: dict[int, str] = {}
         self.last_all = time.monotonic()
 
-    def update(self, lines: dict[int, str], ended: set[int]) -> None:
+    def update(self, lines: dict[int, str], ended: set[int], keys: dict[int, str] | None = None) -> None:
+        """Print each line whose key (default: the line) changed, and every open one on the heartbeat."""
         beat = time.monotonic() - self.last_all >= self.heartbeat
         for project_id, line in lines.items():
-            changed = self.shown.get(project_id) != line
+            key = (keys or lines)[project_id]
+            changed = self.shown.get(project_id) != key
             if changed or (beat and project_id not in ended):
                 self.out.write(line + "\n")
-            self.shown[project_id] = line
+            self.shown[project_id] = key
         if beat:
             self.last_all = time.monotonic()
         self.out.flush()
@@ -91,7 +132,7 @@ class TtyProgress:
         self.drawn = 0
         self.previous: list[str] = []
 
-    def update(self, lines: dict[int, str], ended: set[int]) -> None:
+    def update(self, lines: dict[int, str], ended: set[int], keys: dict[int, str] | None = None) -> None:
         current = list(lines.values())
         if current == self.previous:
             return
@@ -152,17 +193,22 @@ def wait_for(
         for st in statuses:
             _note_recovery(display, st, recoveries)
         ended = {st["project_id"] for st in statuses if st["status"] in ENDED}
-        display.update({st["project_id"]: progress_line(st) for st in statuses}, ended)
+        now = datetime.now(UTC)
+        display.update(
+            {st["project_id"]: progress_line(st, now=now) for st in statuses},
+            ended,
+            keys={st["project_id"]: progress_line(st) for st in statuses},
+        )
         if all(st["status"] in ENDED for st in statuses):
             return EXIT_OK if all(st["status"] == "COMPLETED" for st in statuses) else EXIT_FAILED
         if time.monotonic() >= deadline:
-            display.note(f"timed out after {timeout:g}s")
+            display.note(f"timed out after {timeout:g} s; the projects go on (wait again, or see vidpipe status)")
             return EXIT_TIMEOUT
         time.sleep(poll)
 
 
 def cmd_wait(args: argparse.Namespace) -> int:
-    settings = settings_from(args)
+    settings = existing_installation(args)
 
     try:
         return wait_for(settings, args.projects, args.timeout, poll=args.poll, heartbeat=args.heartbeat)
@@ -172,10 +218,20 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    wait = sub.add_parser("wait", help="follow projects until they end (exit 1 if any failed, 124 on timeout)")
-    wait.add_argument("projects", type=int, nargs="+")
-    wait.add_argument("--timeout", type=float, default=3600.0)
-    wait.add_argument("--poll", type=float, default=0.5, help="seconds between reads of the database")
+    wait = sub.add_parser(
+        "wait",
+        help="follow projects until they end (exit 1 if any failed, 124 on timeout)",
+        description="Follow projects until each one ended: a bar per project with its title, the time since its "
+        "first task started and an ETA extrapolated from the stages done. Exit 0 when all completed, 1 when "
+        "any failed or was cancelled, 124 when --timeout passed first (the projects go on).",
+    )
+    wait.add_argument("projects", type=int, nargs="+", metavar="PROJECT")
+    wait.add_argument(
+        "--timeout", type=float, default=3600.0, metavar="SECONDS", help="give up after this many seconds (3600)"
+    )
+    wait.add_argument(
+        "--poll", type=float, default=0.5, metavar="SECONDS", help="seconds between reads of the database (0.5)"
+    )
     wait.add_argument(
         "--heartbeat", type=float, default=30.0, help="not on a terminal: repeat unfinished projects' lines this often"
     )
