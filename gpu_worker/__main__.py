@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings()
+    if settings.log_format == "json":
+        from vidpipe_tasks.logs import use_json_lines
+
+        use_json_lines(logging.getLogger())
     # Files only: the parent never imports onnxruntime or torch, so no CUDA state exists before the fork.
     from gpu_worker.choice import configuration_problems
 

@@ -161,6 +161,7 @@ class Launcher:
             loglevel=self.loglevel,
             embedded=self.settings.is_filesystem_broker,
             disable_prefetch=self.disable_prefetch,
+            json_logs=self.settings.log_format == "json",
         )
         return [*argv, "--include", process_model.MODULE]
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
 from celery import Celery
-from celery.signals import celeryd_after_setup
+from celery.signals import after_setup_logger, after_setup_task_logger, celeryd_after_setup
 from kombu import Exchange, Queue
 
 from vidpipe_tasks.settings import ALL_QUEUES, CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
@@ -174,7 +175,28 @@ def create_app(settings: Settings) -> Celery:
 
 
 settings = load_settings()
+if settings.log_format == "json":
+    from vidpipe_tasks.logs import install_json_lines
+
+    install_json_lines()
 app = create_app(settings)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: object) -> None:
+    """VIDPIPE_LOG_FORMAT=json: worker and beat logs as JSON lines with project, scene, task id and worker."""
+    if settings.log_format == "json":
+        from vidpipe_tasks.logs import use_json_lines
+
+        use_json_lines(logger)
+
+
+@celeryd_after_setup.connect
+def _remember_node_name(sender: str, **_: object) -> None:
+    from vidpipe_tasks.logs import set_node_name
+
+    set_node_name(sender)
 
 
 @celeryd_after_setup.connect

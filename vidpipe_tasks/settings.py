@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "cv_device": ("auto", "cuda", "cpu"),
     "comfyui_choice": ("least-queued", "first-up"),
     "content_policy": ("fail-project", "skip-scene"),
+    "log_format": ("text", "json"),
 }
 
 
@@ -108,6 +109,9 @@ class Settings:
     max_task_crashes: int = 5
     #: A project recovered automatically this many times fails instead of being resumed again.
     max_recoveries: int = 10
+    #: Worker and beat logs: "text" (Celery's format) or "json" (one JSON object per line with project,
+    #: scene, task id and worker, for log shippers; docs/operations.md "Logs").
+    log_format: str = "text"
     #: Redis visibility timeout, seconds: set on the broker, the result backend and the app, and kept
     #: above every task's time limit so a long analysis is never redelivered while it runs.
     visibility_timeout: int = 3600

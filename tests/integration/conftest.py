@@ -65,7 +65,8 @@ def _corrupt_clip(settings: Settings, project_id: int, scene_index: int) -> None
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineRun]:
     """Submit three projects at once to one generation+registry worker and one CV worker."""
-    settings = make_settings(tmp_path_factory.mktemp("pipeline") / "work", store_processed=True)
+    # JSON-lines logs here, so test_pipeline_embedded also checks what a log shipper receives.
+    settings = make_settings(tmp_path_factory.mktemp("pipeline") / "work", store_processed=True, log_format="json")
     app = create_app(settings)
     lighthouse, quay, market = (
         create_project(settings, path, load_storyboard(path))

@@ -169,3 +169,28 @@ def test_generate_clip_run_again_reuses_the_stored_clip(pipeline_run: PipelineRu
     again = app.send_task("vidpipe.generate_clip", args=(ref,)).get(timeout=120, interval=0.1)
     assert again["clip_path"].endswith("scene-001/clip.mp4")
     assert clip.stat().st_mtime_ns == stamp and counts(pipeline_run) == before
+
+
+def test_worker_logs_are_json_lines_naming_each_tasks_project_scene_and_worker(pipeline_run: PipelineRun) -> None:
+    logs = pipeline_run.settings.home / "logs"
+    entries = [
+        json.loads(line)  # any line that is not one JSON object fails here
+        for name in ("gen.log", "cv-cpu0.log", "cv-launcher.log")
+        for line in (logs / name).read_text().splitlines()
+        if line.strip()
+    ]
+    assert {"ts", "level", "logger", "message", "worker"} <= set(entries[-1])
+    by_task: dict[str, set] = {}
+    for e in entries:
+        if "task_id" in e:
+            by_task.setdefault(e["task_id"], set()).add((e.get("project_id"), e.get("scene_index"), e["worker"]))
+    rows = runs(pipeline_run)
+    chain_runs = {
+        one(rows, r.task_name, r.project_id, r.scene_index).task_id: r
+        for r in rows
+        if r.task_name in (GEN, CV, REG) and r.outcome in ("success", "degraded")
+    }
+    assert len(chain_runs) >= 10
+    for task_id in chain_runs:
+        run = next(r for r in rows if r.task_id == task_id)
+        assert by_task.get(task_id) == {(run.project_id, run.scene_index, run.worker)}, run.task_name

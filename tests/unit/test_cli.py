@@ -23,7 +23,11 @@ def test_one_malformed_file_among_good_ones_queues_nothing(tmp_path: Path) -> No
     good = [str(p) for p in example_paths()]
     result = vidpipe(home, "submit", *good, str(bad))
     assert result.returncode == 2
-    assert f"{bad}: scenes" in result.stderr and "ghost" in result.stderr and "nothing was queued" in result.stderr
+    assert (
+        f"{bad}: scene 1.characters" in result.stderr
+        and "ghost" in result.stderr
+        and "nothing was queued" in result.stderr
+    )
     assert queued_messages(home) == []
     assert not (home / "vidpipe.db").exists()
 

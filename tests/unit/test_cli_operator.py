@@ -53,7 +53,8 @@ def test_an_unreachable_database_server_is_one_line_and_exit_3(tmp_path: Path) -
 
 
 def _installation_with_a_long_project(home: Path) -> None:
-    board = {"title": "Long", "scenes": [{"description": f"scene number {i}"} for i in range(1, 100)]}
+    # 99 scenes of 1500-character descriptions: status --json is far larger than a pipe's 64 KiB buffer
+    board = {"title": "Long", "scenes": [{"description": f"scene {i} " + "x" * 1500} for i in range(1, 100)]}
     (home / "long.yaml").parent.mkdir(parents=True, exist_ok=True)
     (home / "long.yaml").write_text(yaml.safe_dump(board))
     assert run_vidpipe(home, "submit", str(home / "long.yaml")).returncode == 0
@@ -68,7 +69,7 @@ def test_an_unknown_project_is_one_line_and_exit_1(tmp_path: Path) -> None:
 def test_a_reader_that_stops_early_ends_the_command_quietly_with_141(tmp_path: Path) -> None:
     _installation_with_a_long_project(tmp_path)
     env = _clean_env()
-    # status --json of 99 scenes is larger than a pipe's buffer, so the write fails once `head` is gone
+    # the write fails once the reader is gone
     with subprocess.Popen(
         [*CLI, "--home", str(tmp_path), "status", "1", "--json"],
         stdout=subprocess.PIPE,

@@ -26,6 +26,7 @@ def worker_argv(
     loglevel: str = "info",
     embedded: bool,
     disable_prefetch: bool = False,
+    json_logs: bool = False,
 ) -> list[str]:
     """The celery command line for one worker consuming `queues` under node name `name@host`.
 
@@ -38,6 +39,9 @@ def worker_argv(
         if embedded:
             raise ValueError("--disable-prefetch needs the Redis broker")
         argv.append("--disable-prefetch")
+    if json_logs:
+        # Celery prints its start-up banner (it is not a log record): it would break the JSON lines.
+        argv.insert(argv.index("worker"), "--quiet")
     if embedded:
         # Mingle and gossip poll the filesystem broker's fanout folder; on one machine they only add start-up time.
         argv += ["--without-mingle", "--without-gossip"]
@@ -50,7 +54,8 @@ def beat_argv(settings: Settings, loglevel: str = "info") -> list[str]:
     Run exactly one per installation (two would only sweep twice as often: recovery is compare-and-swap).
     """
     schedule = settings.home / "celerybeat-schedule"
-    argv = [sys.executable, "-m", "celery", "-A", APP, "beat", "-l", loglevel, "--schedule", str(schedule)]
+    quiet = ["--quiet"] if settings.log_format == "json" else []  # no banner between the JSON lines
+    argv = [sys.executable, "-m", "celery", "-A", APP, *quiet, "beat", "-l", loglevel, "--schedule", str(schedule)]
     return [*argv, "--scheduler", "vidpipe_tasks.beat:Scheduler"]
 
 
@@ -91,7 +96,8 @@ def start_worker(settings: Settings, name: str, queues: list[str], logdir: Path,
     logdir.mkdir(parents=True, exist_ok=True)
     logfile = logdir / f"{name}.log"
     env = {**os.environ, **settings.as_env(), "PYTHONUNBUFFERED": "1"}
-    argv = worker_argv(name, queues, embedded=settings.is_filesystem_broker, **options)
+    json_logs = settings.log_format == "json"
+    argv = worker_argv(name, queues, embedded=settings.is_filesystem_broker, json_logs=json_logs, **options)
     with logfile.open("w") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     return WorkerProcess(name, queues, proc, logfile)
@@ -148,7 +154,13 @@ def start_cv_launcher(settings: Settings, logdir: Path, processes: int = 1, devi
     return WorkerProcess("cv-launcher", ["cv"], proc, logdir / f"{first}.log")
 
 
+def _log_format_option(args: argparse.Namespace) -> None:
+    if args.log_format:
+        os.environ["VIDPIPE_LOG_FORMAT"] = args.log_format
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
+    _log_format_option(args)
     settings = settings_from(args)
     prepare_folders(settings)
 
@@ -166,12 +178,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         loglevel=args.loglevel,
         embedded=settings.is_filesystem_broker,
         disable_prefetch=args.disable_prefetch,
+        json_logs=settings.log_format == "json",
     )
     os.execv(argv[0], argv)
     return 0  # not reached
 
 
 def cmd_beat(args: argparse.Namespace) -> int:
+    _log_format_option(args)
     settings = settings_from(args)
     prepare_folders(settings)
 
@@ -188,6 +202,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     worker.add_argument("--concurrency", "-c", type=int, default=1)
     worker.add_argument("--loglevel", "-l", default="info")
     worker.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="json: one JSON object per line with project, scene, task id and worker (env VIDPIPE_LOG_FORMAT)",
+    )
+    worker.add_argument(
         "--disable-prefetch", action="store_true", help="take a task only when a slot is free (Redis; autoscaling)"
     )
     worker.set_defaults(func=cmd_worker)
@@ -195,4 +214,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "beat", help="run Celery beat: the sweep that resumes lost chains (exactly one per installation)"
     )
     beat.add_argument("--loglevel", "-l", default="info")
+    beat.add_argument("--log-format", choices=["text", "json"], help="json: JSON lines (env VIDPIPE_LOG_FORMAT)")
     beat.set_defaults(func=cmd_beat)
