@@ -40,6 +40,10 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "missing" if value is None else f"{value:.{digits}f}"
 
 
+def _sim(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _box(box: Box, size: tuple[int, int]) -> str:
     w, h = size
     x1, y1, x2, y2 = box.bbox
@@ -92,7 +96,7 @@ def _recognitions(scene: SceneData) -> str:
     rows = "".join(
         f'<tr class="recognition" data-asset="{escape(r.asset_tag)}" data-kind="{r.kind}">'
         f'<td class="asset">{escape(r.asset_tag)}</td><td>{r.kind}</td>'
-        f'<td class="similarity">{_fmt(r.similarity)}</td><td>{r.face_count}</td></tr>'
+        f'<td class="similarity">{_sim(r.similarity)}</td><td>{r.face_count}</td></tr>'
         for r in scene.recognitions
     )
     head = "<tr><th>asset</th><th>kind</th><th>similarity</th><th>faces</th></tr>"
