@@ -148,3 +148,15 @@ def test_the_exported_project_has_every_frame_of_its_clips_in_scene_order(pipeli
     assert decoded == result.frame_count == expected
     assert result.duration_s == pytest.approx(expected / 12)
     assert not result.audio  # the procedural generator renders silent clips
+
+
+def test_the_report_and_export_commands_write_their_files(pipeline_run: PipelineRun, tmp_path) -> None:
+    from tests.helpers import run_vidpipe
+
+    project = str(pipeline_run.lighthouse)
+    report = run_vidpipe(pipeline_run.settings, "report", project, "-o", str(tmp_path / "r.html"))
+    assert report.returncode == 0, report.stderr
+    assert f"{tmp_path / 'r.html'}" in report.stdout and (tmp_path / "r.html").read_text().count('class="scene"') == 4
+    export = run_vidpipe(pipeline_run.settings, "export", project, "-o", str(tmp_path / "f.mp4"), "--fps", "24")
+    assert export.returncode == 0, export.stderr
+    assert "4 clips, 384 frames, 16.00 s, 640x360 at 24 fps, no audio" in export.stdout

@@ -161,3 +161,20 @@ def test_a_project_with_a_scene_not_yet_generated_cannot_be_exported(settings) -
         project_clips(settings, project_id)
     with pytest.raises(LookupError):
         project_clips(settings, project_id + 100)
+
+
+def test_the_export_command_refuses_bad_options_and_unfinished_projects_with_a_clear_message(tmp_path) -> None:
+    from tests.conftest import DATA
+    from tests.helpers import run_vidpipe
+
+    home = tmp_path / "work"
+    assert run_vidpipe(home, "submit", str(DATA / "quay.yaml")).returncode == 0
+    bad_size = run_vidpipe(home, "export", "1", "-o", str(tmp_path / "x.mp4"), "--size", "wide")
+    assert bad_size.returncode == 2 and "expected WIDTHxHEIGHT" in bad_size.stderr
+    pending = run_vidpipe(home, "export", "1", "-o", str(tmp_path / "x.mp4"))
+    assert (
+        pending.returncode == 1 and "no clip yet for scene(s) 1 (PENDING), 2 (PENDING), 3 (PENDING)" in pending.stderr
+    )
+    unknown = run_vidpipe(home, "report", "7")
+    assert unknown.returncode == 1 and "no project 7" in unknown.stderr
+    assert not (tmp_path / "x.mp4").exists()
