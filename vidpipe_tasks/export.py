@@ -227,6 +227,39 @@ class _AudioWriter:
             self.container.mux(self.stream.encode(None))
 
 
+class _AudioTrack:
+    """The audio track, each clip's part written once the video has passed it (so the file interleaves)."""
+
+    def __init__(self, container, clips: list[ClipInfo], plan: ExportPlan) -> None:  # noqa: ANN001 - PyAV
+        stream = container.add_stream("aac", rate=AUDIO_RATE, layout=AUDIO_LAYOUT)
+        self.writer, self.clips, self.plan = _AudioWriter(container, stream), clips, plan
+        self.overlap = plan.samples_of(plan.crossfade_frames)
+        self.tail = np.zeros((2, 0), dtype=np.float32)
+        self.written = 0
+        # Output frames after which clip i's audio is complete, less what it shares with the next clip.
+        self.due, start = [], 0
+        for i, clip in enumerate(clips):
+            shared = plan.crossfade_frames if i < len(clips) - 1 else 0
+            self.due.append(start + plan.frames_of(clip) - shared)
+            start += plan.frames_of(clip) - plan.crossfade_frames
+
+    def advance(self, frames: float) -> None:
+        """Write the audio of every clip whose video ends within the first `frames` output frames."""
+        while self.written < len(self.clips) and frames >= self.due[self.written]:
+            self._write(self.written)
+            self.written += 1
+
+    def _write(self, i: int) -> None:
+        clip, last = self.clips[i], i == len(self.clips) - 1
+        pcm = _audio(clip, self.plan.samples_of(self.plan.frames_of(clip)))
+        if i > 0:
+            fade = self.tail.shape[1]
+            pcm = np.concatenate([_crossfade_audio(self.tail, pcm[:, :fade]), pcm[:, fade:]], axis=1)
+        cut = pcm.shape[1] - (0 if last else self.overlap)
+        self.writer.write(pcm[:, :cut], final=last)
+        self.tail = pcm[:, cut:]
+
+
 def _encode(clips: list[ClipInfo], plan: ExportPlan, path: str) -> int:
     import av
 
@@ -234,27 +267,18 @@ def _encode(clips: list[ClipInfo], plan: ExportPlan, path: str) -> int:
         video = container.add_stream("libx264", rate=plan.fps, options={"crf": "20", "preset": "veryfast"})
         video.width, video.height, video.pix_fmt = plan.width, plan.height, "yuv420p"
         video.codec_context.time_base = 1 / plan.fps
-        audio = None
-        if plan.audio:
-            audio = _AudioWriter(container, container.add_stream("aac", rate=AUDIO_RATE, layout=AUDIO_LAYOUT))
+        audio = _AudioTrack(container, clips, plan) if plan.audio else None
         count = 0
-        overlap = plan.samples_of(plan.crossfade_frames)
-        tail = np.zeros((2, 0), dtype=np.float32)
         for frame in _joined([_video(c, plan) for c in clips], plan.crossfade_frames):
             out = av.VideoFrame.from_ndarray(frame, format="rgb24")
             out.pts, out.time_base = count, 1 / plan.fps
             container.mux(video.encode(out))
             count += 1
+            if audio is not None:
+                audio.advance(count)
         container.mux(video.encode(None))
-        if audio is not None:  # compressed packets are small: the muxer interleaves them with the video
-            for i, clip in enumerate(clips):
-                pcm = _audio(clip, plan.samples_of(plan.frames_of(clip)))
-                if i > 0:
-                    pcm = np.concatenate([_crossfade_audio(tail, pcm[:, : tail.shape[1]]), pcm[:, tail.shape[1] :]], 1)
-                last = i == len(clips) - 1
-                cut = pcm.shape[1] - (0 if last else overlap)
-                audio.write(pcm[:, :cut], final=last)
-                tail = pcm[:, cut:]
+        if audio is not None:
+            audio.advance(math.inf)
     return count
 
 
