@@ -29,7 +29,8 @@ def opened(pipeline_run: PipelineRun, browser, tmp_path_factory) -> dict[int, di
     """Each manifest project's report, opened once: its console log and a full-page screenshot kept."""
     folder = tmp_path_factory.mktemp("reports")
     pages = {}
-    for name, project_id in (("lighthouse", pipeline_run.lighthouse), ("quay", pipeline_run.quay)):
+    projects = {"lighthouse": pipeline_run.lighthouse, "quay": pipeline_run.quay, "market": pipeline_run.market}
+    for name, project_id in projects.items():
         page = write_report(pipeline_run.settings, project_id, folder / f"report-{name}.html")
         browser.get(page.as_uri())
         pages[project_id] = {
@@ -58,6 +59,7 @@ const text = (el, sel) => (el.querySelector(sel) || {}).textContent;
 return [...document.querySelectorAll('section.scene')].map(sec => ({
   index: Number(sec.dataset.scene),
   title: text(sec, 'h2.scene-title'),
+  heading: text(sec, 'h3'),
   frames: sec.querySelectorAll('figure.frame').length,
   boxes: [...sec.querySelectorAll('.box')].map(b => {
     const r = b.getBoundingClientRect(), img = b.parentElement.querySelector('img').getBoundingClientRect();
@@ -129,6 +131,14 @@ def test_a_degraded_scene_shows_its_reason(pipeline_run: PipelineRun, opened) ->
         scene = s.scalar(select(Scene).where(Scene.project_id == pipeline_run.quay, Scene.scene_index == 2))
         reason = scene.scene_manifest.degraded_reason
     assert reason and f"degraded: {reason}" in opened[pipeline_run.quay]["scenes"][2]["notes"]
+
+
+def test_a_project_without_manifest_shows_frames_of_each_clip_without_boxes(pipeline_run: PipelineRun, opened) -> None:
+    scenes = opened[pipeline_run.market]["scenes"]
+    assert len(scenes) == 2
+    for scene in scenes.values():
+        assert (scene["heading"], scene["frames"], scene["boxes"]) == ("Frames (not analysed)", 4, [])
+    assert opened[pipeline_run.market]["summary"]["manifest"] == "none (analysis skipped)"
 
 
 def test_the_exported_project_has_every_frame_of_its_clips_in_scene_order(pipeline_run: PipelineRun, tmp_path) -> None:

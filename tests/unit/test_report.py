@@ -52,6 +52,7 @@ def scene(**overrides) -> SceneData:
         clip_path="clip.mp4",
         frame_size=(640, 360),
         frame_indices=[3, 9],
+        analysed=True,
         boxes=_boxes(ANALYSIS),
         references=[Picture("refs/mara.png", "mara", "mara ← mara (uploaded)")],
         new_assets=[Picture("crops/c0.png", "wren", "wren: Wren")],

@@ -18,6 +18,15 @@ SCENE_TASKS = {
 }
 
 
+#: Frames shown for a scene that was not analysed (a project without a manifest, a degraded analysis).
+PREVIEW_FRAMES = 4
+
+
+def _spread(frame_count: int, count: int) -> list[int]:
+    """`count` frame indices centred in equal slices of the clip."""
+    return sorted({int((i + 0.5) * frame_count / count) for i in range(min(count, frame_count))})
+
+
 @dataclass(frozen=True)
 class Box:
     """One face in one sampled frame and what the analysis made of it.
@@ -73,7 +82,9 @@ class SceneData:
     stages: dict[str, str]
     clip_path: str | None
     frame_size: tuple[int, int] | None
+    #: The frames the analysis sampled; for a scene not analysed, a few frames spread over its clip.
     frame_indices: list[int]
+    analysed: bool
     boxes: list[Box]
     references: list[Picture]
     new_assets: list[Picture]
@@ -176,6 +187,10 @@ def _scene(scene: Scene, tag_of: dict[int, Asset], appearances: list[AssetAppear
         if t in by_tag and by_tag[t].reference_image
     ]
     size = (frames["width"], frames["height"]) if frames.get("width") else None
+    indices = list(frames.get("indices", []))
+    clip = scene.clip
+    if not indices and clip is not None and clip.frame_count > 0:
+        indices, size = _spread(clip.frame_count, PREVIEW_FRAMES), (clip.width, clip.height)
     continuity = analysis.get("continuity") or {}
     return SceneData(
         index=scene.scene_index,
@@ -189,7 +204,8 @@ def _scene(scene: Scene, tag_of: dict[int, Asset], appearances: list[AssetAppear
         },
         clip_path=scene.clip.path if scene.clip else None,
         frame_size=size,
-        frame_indices=list(frames.get("indices", [])),
+        frame_indices=indices,
+        analysed=bool(frames.get("indices")),
         boxes=_with_rematch_similarity(_boxes(analysis), recognitions),
         references=references,
         new_assets=new_assets,

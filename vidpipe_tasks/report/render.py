@@ -136,7 +136,7 @@ def _scene(scene: SceneData, frames: FrameSource, files: FileSource) -> str:
         f'<p class="meta">location: {escape(scene.location or "-")} · characters: '
         f"{escape(', '.join(scene.characters) or '-')} · {stages}"
         f"{' · engine ' + escape(scene.engine) if scene.engine else ''}</p>{notes}"
-        f"<h3>Sampled frames</h3>{_frames(scene, uris, problem)}"
+        f"<h3>{'Sampled frames' if scene.analysed else 'Frames (not analysed)'}</h3>{_frames(scene, uris, problem)}"
         f'<div class="cols"><div><h3>References used</h3>'
         f"{_thumbs(scene.references, files, 'reference', 'no reference used')}</div>"
         f"<div><h3>New assets</h3>{_thumbs(scene.new_assets, files, 'new-asset', 'none')}</div>"
