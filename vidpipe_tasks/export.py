@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import deque
@@ -14,6 +15,8 @@ import numpy as np
 
 from vidpipe_tasks import media
 from vidpipe_tasks.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: The exported audio track: AAC, stereo, 48 kHz (every input is resampled to it; clips without audio are silent).
 AUDIO_RATE = 48000
@@ -300,34 +303,39 @@ def export_clips(
     plan = plan_export(clips, size, fps, crossfade_s)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{media.temp_prefix(out)}part")
+    import av
+
     try:
         count = _encode(clips, plan, str(tmp))
         os.replace(tmp, out)
+    except av.error.FFmpegError as exc:  # a clip that probed well but does not decode to the end
+        raise ExportError(f"export to {out.name} failed: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return ExportResult(out, len(clips), count, plan.fps, plan.width, plan.height, plan.audio)
 
 
 def project_clips(settings: Settings, project_id: int) -> list[Path]:
-    """The project's clips in scene order.
+    """The project's clips in scene order; a scene whose generation was skipped (content policy) is left out.
 
     Raises:
         LookupError: no such project.
         ExportError: a scene has no clip yet (the message names it and its generation stage).
 
     """
-    from vidpipe_tasks.db.models import Project
+    from vidpipe_tasks.db.models import Project, StageStatus
     from vidpipe_tasks.db.session import session_scope
 
     with session_scope(settings.database_url) as s:
         project = s.get(Project, project_id)
         if project is None:
             raise LookupError(f"no project {project_id}")
-        missing = [f"{sc.scene_index} ({sc.generation_status.value})" for sc in project.scenes if sc.clip is None]
+        scenes = [sc for sc in project.scenes if sc.clip is not None or sc.generation_status != StageStatus.SKIPPED]
+        missing = [f"{sc.scene_index} ({sc.generation_status.value})" for sc in scenes if sc.clip is None]
         if missing:
             raise ExportError(f"project {project_id}: no clip yet for scene(s) {', '.join(missing)}")
         try:
-            return [media.absolute(settings.media_root, sc.clip.path) for sc in project.scenes]
+            return [media.absolute(settings.media_root, sc.clip.path) for sc in scenes]
         except ValueError as exc:
             raise ExportError(f"project {project_id}: {exc}") from exc
 
@@ -335,3 +343,21 @@ def project_clips(settings: Settings, project_id: int) -> list[Path]:
 def export_project(settings: Settings, project_id: int, out: Path, **options: object) -> ExportResult:
     """export_clips over a project's clips (same options)."""
     return export_clips(project_clips(settings, project_id), out, **options)
+
+
+def export_final(settings: Settings, project_id: int) -> dict:
+    """The chain's last step (VIDPIPE_EXPORT_ON_FINISH): export to media.final_path, overwriting a previous run's.
+
+    Returns:
+        {"path": the file relative to the media root, "frames": frame count}, or {"path": None, "error": why}.
+
+    """
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    relative = media.final_path(project_id)
+    try:
+        result = export_project(settings, project_id, media.absolute(settings.media_root, relative))
+    except (ExportError, LookupError, SoftTimeLimitExceeded) as exc:
+        log.warning("project %s: export failed: %s", project_id, exc)
+        return {"path": None, "error": str(exc)}
+    return {"path": relative, "frames": result.frame_count}

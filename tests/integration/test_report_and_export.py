@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from tests.browser import chromium_or_skip, full_page_screenshot, keep_artefact
 from tests.integration.conftest import PipelineRun
+from vidpipe_tasks import media
 from vidpipe_tasks.db.models import Asset, AssetAppearance, Clip, Project, Scene
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.export import export_project
@@ -158,6 +159,8 @@ def test_the_exported_project_has_every_frame_of_its_clips_in_scene_order(pipeli
     assert decoded == result.frame_count == expected
     assert result.duration_s == pytest.approx(expected / 12)
     assert not result.audio  # the procedural generator renders silent clips
+    # VIDPIPE_EXPORT_ON_FINISH is off by default: the chain itself exported nothing.
+    assert not (pipeline_run.settings.media_root / media.final_path(pipeline_run.lighthouse)).exists()
 
 
 def test_the_report_and_export_commands_write_their_files(pipeline_run: PipelineRun, tmp_path) -> None:

@@ -178,3 +178,37 @@ def test_the_export_command_refuses_bad_options_and_unfinished_projects_with_a_c
     unknown = run_vidpipe(home, "report", "7")
     assert unknown.returncode == 1 and "no project 7" in unknown.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_scene_skipped_by_the_content_policy_is_left_out_of_the_export(settings, clips) -> None:
+    from sqlalchemy import select
+
+    from tests.conftest import DATA
+    from vidpipe_tasks.db.models import Clip, Scene, StageStatus
+    from vidpipe_tasks.db.session import session_scope
+    from vidpipe_tasks.storyboard import load_storyboard
+    from vidpipe_tasks.workflow import create_project
+
+    project_id = create_project(settings, DATA / "quay.yaml", load_storyboard(DATA / "quay.yaml"))
+    (settings.media_root / "c").mkdir(parents=True)
+    with session_scope(settings.database_url) as s:
+        for scene in s.scalars(select(Scene).where(Scene.project_id == project_id)):
+            if scene.scene_index == 2:
+                scene.generation_status = StageStatus.SKIPPED
+                continue
+            target = settings.media_root / "c" / f"{scene.scene_index}.mp4"
+            target.write_bytes(clips["red"].read_bytes())
+            s.add(
+                Clip(
+                    scene_id=scene.id,
+                    path=f"c/{scene.scene_index}.mp4",
+                    size_bytes=1,
+                    frame_count=24,
+                    fps=12,
+                    width=320,
+                    height=180,
+                    generator="test",
+                )
+            )
+            scene.generation_status = StageStatus.DONE
+    assert [p.name for p in project_clips(settings, project_id)] == ["1.mp4", "3.mp4"]
