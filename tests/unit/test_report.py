@@ -42,6 +42,23 @@ def test_an_analysis_stored_before_boxes_were_recorded_gives_no_boxes() -> None:
     assert _boxes({"matches": [{"asset_tag": "mara", "frames": [1, 2]}], "candidates": [{"key": "c0"}]}) == []
 
 
+def test_boxes_name_assets_by_their_tag_today_after_a_rename() -> None:
+    from types import SimpleNamespace as Row
+
+    from vidpipe_tasks.report.data import _current_tags
+
+    assets = {
+        5: Row(tag="mara-renamed", origin_key=None),
+        9: Row(tag="wren", origin_key="p1-s2-c0"),  # was extract-001 when scene 2 registered it
+    }
+    analysis = {
+        "matches": [{**ANALYSIS["matches"][0], "asset_id": 5}],
+        "candidates": [{"key": "c0", "registered_as": "extract-001", "boxes": [[3, 100, 20, 140, 60]]}],
+    }
+    labels = [b.label for b in _boxes(_current_tags(analysis, Row(project_id=1, scene_index=2), assets))]
+    assert labels == ["mara-renamed 0.91", "mara-renamed 0.88", "wren new"]
+
+
 def scene(**overrides) -> SceneData:
     values = dict(
         index=1,

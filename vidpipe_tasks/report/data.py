@@ -164,9 +164,27 @@ def _task_seconds(runs: list[TaskRun]) -> dict[str, float]:
     return out
 
 
-def _scene(scene: Scene, tag_of: dict[int, Asset], appearances: list[AssetAppearance], runs: list[TaskRun]):
+def _current_tags(analysis: dict, scene: Scene, assets: dict[int, Asset]) -> dict:
+    """The analysis with each asset named by its tag today (an asset renamed since keeps its boxes)."""
+    by_origin = {a.origin_key: a.tag for a in assets.values() if a.origin_key}
+    matches = [
+        {**m, "asset_tag": assets[int(m["asset_id"])].tag} if int(m.get("asset_id", -1)) in assets else m
+        for m in analysis.get("matches", [])
+    ]
+    candidates = []
+    for cand in analysis.get("candidates", []):
+        origin = f"p{scene.project_id}-s{scene.scene_index}-{cand.get('key')}"
+        if cand.get("registered_as") and origin in by_origin:
+            cand = {**cand, "registered_as": by_origin[origin]}
+        candidates.append(cand)
+    return {**analysis, "matches": matches, "candidates": candidates}
+
+
+def _scene(
+    scene: Scene, tag_of: dict[int, Asset], appearances: list[AssetAppearance], runs: list[TaskRun]
+) -> SceneData:
     sm = scene.scene_manifest
-    analysis = (sm.cv_analysis_json if sm else None) or {}
+    analysis = _current_tags((sm.cv_analysis_json if sm else None) or {}, scene, tag_of)
     frames = analysis.get("frames") or {}
     recognitions = [
         Recognition(tag_of[a.asset_id].tag, a.kind, a.similarity, a.face_count)
@@ -179,12 +197,11 @@ def _scene(scene: Scene, tag_of: dict[int, Asset], appearances: list[AssetAppear
         for character, r in sorted(refs.items())
         if r.get("reference_image")
     ]
-    new_tags = list((sm.new_asset_tags if sm else None) or [])
-    by_tag = {a.tag: a for a in tag_of.values()}
+    # Assets this scene registered, by their origin (their tags may have been renamed since).
     new_assets = [
-        Picture(by_tag[t].reference_image, t, f"{t}: {by_tag[t].name}")
-        for t in new_tags
-        if t in by_tag and by_tag[t].reference_image
+        Picture(a.reference_image, a.tag, f"{a.tag}: {a.name}")
+        for a in tag_of.values()
+        if (a.origin_project_id, a.origin_scene_index) == (scene.project_id, scene.scene_index) and a.reference_image
     ]
     size = (frames["width"], frames["height"]) if frames.get("width") else None
     indices = list(frames.get("indices", []))
