@@ -177,7 +177,9 @@ def test_the_export_command_refuses_bad_options_and_unfinished_projects_with_a_c
     )
     unknown = run_vidpipe(home, "report", "7")
     assert unknown.returncode == 1 and "no project 7" in unknown.stderr
-    assert not (tmp_path / "x.mp4").exists()
+    nowhere = run_vidpipe(tmp_path / "empty", "export", "1", "-o", str(tmp_path / "x.mp4"))
+    assert nowhere.returncode == 3 and "no vidpipe database" in nowhere.stderr
+    assert not (tmp_path / "x.mp4").exists() and not (tmp_path / "empty" / "vidpipe.db").exists()
 
 
 def test_a_scene_skipped_by_the_content_policy_is_left_out_of_the_export(settings, clips) -> None:

@@ -8,7 +8,7 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-from vidpipe_tasks.cli.common import settings_from
+from vidpipe_tasks.cli.common import EXIT_FAILED, EXIT_OK, existing_installation
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -31,20 +31,23 @@ def _fps(text: str) -> Fraction:
 def cmd_export(args: argparse.Namespace) -> int:
     from vidpipe_tasks.export import ExportError, export_project
 
-    settings = settings_from(args)
+    settings = existing_installation(args)
     try:
         result = export_project(
             settings, args.project, Path(args.output), size=args.size, fps=args.fps, crossfade_s=args.crossfade
         )
-    except (LookupError, ExportError) as exc:
+    except ExportError as exc:
         print(f"vidpipe export: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
+    except OSError as exc:  # the output folder cannot be written
+        print(f"vidpipe export: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     audio = "with audio" if result.audio else "no audio"
     print(
         f"exported project {args.project}: {result.path} ({result.clips} clips, {result.frame_count} frames, "
         f"{result.duration_s:.2f} s, {result.width}x{result.height} at {float(result.fps):g} fps, {audio})"
     )
-    return 0
+    return EXIT_OK
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -6,21 +6,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from vidpipe_tasks.cli.common import settings_from
+from vidpipe_tasks.cli.common import EXIT_FAILED, EXIT_OK, existing_installation
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from vidpipe_tasks.report import write_report
 
-    settings = settings_from(args)
+    settings = existing_installation(args)
     out = Path(args.output or f"report-{args.project}.html")
     try:
         path = write_report(settings, args.project, out)
-    except LookupError as exc:
-        print(f"vidpipe report: {exc}", file=sys.stderr)
-        return 1
+    except OSError as exc:  # the output folder cannot be written
+        print(f"vidpipe report: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"report of project {args.project}: {path} ({path.stat().st_size // 1024} KiB, open it in a browser)")
-    return 0
+    return EXIT_OK
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
