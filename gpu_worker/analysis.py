@@ -85,6 +85,11 @@ def _registry_matrix(request: dict, engine: FaceEngine, computed: dict) -> tuple
     return entries, np.asarray(vectors, dtype=np.float32).reshape(len(vectors), engine.embedding_dim)
 
 
+def _box(face: DetectedFace) -> list[int]:
+    """[frame_index, x1, y1, x2, y2]: where a face was, for the report (vidpipe report) to draw."""
+    return [int(face.frame_index), *(int(v) for v in face.bbox)]
+
+
 def _match(faces: list[DetectedFace], entries: list[dict], matrix: np.ndarray, engine: FaceEngine):
     """One matrix product against the registry; returns per-asset matches and the unmatched faces."""
     if not faces:
@@ -110,6 +115,7 @@ def _match(faces: list[DetectedFace], entries: list[dict], matrix: np.ndarray, e
                 "face_count": len(hits),
                 "similarity": float(np.mean([s for _, s in hits])),
                 "best_similarity": float(max(s for _, s in hits)),
+                "boxes": [[*_box(f), round(s, 3)] for f, s in hits],
                 "embedding": np.mean([f.embedding for f, _ in hits], axis=0).tolist(),
             }
         )
@@ -150,6 +156,7 @@ def _candidates(clusters: list[FaceCluster], sampled, request: dict, media_root:
                 "face_count": len(cluster.faces),
                 "crop_path": crop,
                 "bbox": list(face.bbox),
+                "boxes": [_box(f) for f in cluster.faces],
                 "quality": face_quality(face, sampled.frames[0].shape),
                 "embedding": cluster.centroid.tolist(),
             }
@@ -277,6 +284,7 @@ def analyze_clip(
             "total": round((t_end - t_start) * 1000, 1),
         },
         "faces_detected": len(faces),
+        "unmatched_boxes": [b for b in map(_box, unmatched) if b not in [x for c in candidates for x in c["boxes"]]],
         "matches": matches,
         "candidates": candidates,
         "reference_embeddings": computed,

@@ -16,6 +16,11 @@ def clip_path(project_id: int, scene_index: int) -> str:
     return f"{scene_dir(project_id, scene_index)}/clip.mp4"
 
 
+def final_path(project_id: int) -> str:
+    """Where the chain's last link exports a completed project (VIDPIPE_EXPORT_ON_FINISH)."""
+    return f"projects/{project_id}/final.mp4"
+
+
 def crops_dir(project_id: int, scene_index: int) -> str:
     return f"{scene_dir(project_id, scene_index)}/crops"
 

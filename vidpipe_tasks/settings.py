@@ -84,6 +84,9 @@ class Settings:
     analysis_max_frames: int = 12
     #: Keep consumed broker messages in broker/processed (tests use it to audit routing).
     store_processed: bool = False
+    #: The chain's last link also exports the completed project to media/projects/<id>/final.mp4
+    #: (vidpipe export's defaults); raise finalize_time_limit for long projects.
+    export_on_finish: bool = False
     #: Hard time limits of the two long tasks, seconds (the others are fixed in celery_app); each task
     #: first gets a soft limit at 90 % of it. Raise them for long or high-resolution scenes.
     generation_time_limit: int = 900

@@ -374,7 +374,12 @@ def finalize_project(settings: Settings, project_id: int) -> dict:
         # The chain's last link: a scene still unfinished here means the chain lost work; say so.
         project.status = ProjectStatus.COMPLETED if finished else ProjectStatus.FAILED
         project.finished_at = project.finished_at if project.finished_at and finished else datetime.now(UTC)
-        return {"project_id": project_id, "status": project.status.value}
+        result = {"project_id": project_id, "status": project.status.value}
+    if finished and settings.export_on_finish:  # after the commit: a failed export never fails the project
+        from vidpipe_tasks.export import export_final
+
+        result["export"] = export_final(settings, project_id)
+    return result
 
 
 #: Which scene stage a task's failure marks FAILED.

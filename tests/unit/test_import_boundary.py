@@ -12,6 +12,8 @@ CPU_SIDE = [
     "vidpipe_tasks.workflow",
     "vidpipe_tasks.stages",
     "vidpipe_tasks.registry",
+    "vidpipe_tasks.report",
+    "vidpipe_tasks.export",
     "vidpipe_tasks.cli.status",
     "vidpipe_tasks.cli.demo",
     "vidpipe_tasks.generators.procedural",

@@ -11,10 +11,12 @@ from vidpipe_tasks.cli import (
     control,
     db,
     demo,
+    export,
     flower,
     generators,
     models,
     queues,
+    report,
     status,
     submit,
     wait,
@@ -34,7 +36,22 @@ from vidpipe_tasks.errors import SchemaNotReady
 from vidpipe_tasks.storyboard import StoryboardError
 
 #: Command groups in the order `vidpipe --help` lists them.
-COMMAND_GROUPS = (demo, submit, workers, status, wait, control, queues, generators, models, assets, flower, db)
+COMMAND_GROUPS = (
+    demo,
+    submit,
+    workers,
+    status,
+    wait,
+    control,
+    report,
+    export,
+    queues,
+    generators,
+    models,
+    assets,
+    flower,
+    db,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

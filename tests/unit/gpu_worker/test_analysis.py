@@ -82,6 +82,26 @@ def test_stripped_result_holds_no_embedding_sized_arrays(rendered, engine) -> No
     assert longest(stripped) < 16
 
 
+def _overlap(a: list[int], b: list[int]) -> bool:
+    return a[0] == b[0] and a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]
+
+
+def test_every_detected_face_is_stored_as_one_box_on_a_sampled_frame_for_the_report(rendered, engine) -> None:
+    result = strip_embeddings(analyze_clip(request(), rendered, engine, max_frames=8))
+    (ana,), (bo,) = result["matches"], result["candidates"]
+    match_boxes, cand_boxes = ana["boxes"], bo["boxes"]
+    assert len(match_boxes) == ana["face_count"] and sorted({b[0] for b in match_boxes}) == ana["frames"]
+    assert len(cand_boxes) == bo["face_count"] and sorted({b[0] for b in cand_boxes}) == bo["frames"]
+    assert all(s >= engine.match_threshold for *_, s in match_boxes)
+    every = [b[:5] for b in match_boxes] + cand_boxes + result["unmatched_boxes"]
+    assert len(every) == result["faces_detected"]
+    frames = result["frames"]
+    for frame, x1, y1, x2, y2 in every:
+        assert frame in frames["indices"] and 0 <= x1 < x2 <= frames["width"] and 0 <= y1 < y2 <= frames["height"]
+    # Ana and the unknown face are two people side by side: no box of one covers the other.
+    assert not any(_overlap(a, b) for a in match_boxes for b in cand_boxes)
+
+
 def test_a_failure_becomes_a_degraded_result_with_its_reason(rendered, engine) -> None:
     broken = {**request(), "clip_path": "missing.mp4"}
     result = analyze_clip_safely(broken, rendered, engine)
