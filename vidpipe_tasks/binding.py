@@ -173,9 +173,7 @@ def load_evidence(
     unbound = list(unbound)
     if not unbound:
         return [], {}
-    where = select(AssetAppearance.project_id, AssetAppearance.scene_index).where(
-        AssetAppearance.asset_id.in_(unbound)
-    )
+    where = select(AssetAppearance.project_id, AssetAppearance.scene_index).where(AssetAppearance.asset_id.in_(unbound))
     keys = {(p, i) for p, i in session.execute(where).all()}
     if not keys:
         return [], {}
