@@ -262,7 +262,7 @@ def resolve_bindings(
     resolution = solve(faces_of(assets), scenes, shared)
     by_id = {a.id: a for a in assets}
     events = []
-    for asset_id, ((character, _scope), rule) in sorted(resolution.bound.items()):
+    for asset_id, ((character, _scope), rule) in resolution.bound.items():  # in the order they were made
         asset = by_id[asset_id]
         name = character_name(session, manifest_id, character, asset.origin_project_id)
         events.append(bind(asset, character, name, rule, where))
