@@ -17,7 +17,7 @@ Key = tuple[str, int | None]
 #: Binding rules, in the order the solver tries them (docs/registry.md).
 RULE_UNACCOUNTED = "unaccounted"  # one scene leaves exactly one declared character unaccounted for
 RULE_COOCCURRENCE = "co-occurrence"  # only the intersection over several scenes leaves one character
-RULE_ELIMINATION = "elimination"  # another binding made in the same pass took the other candidates
+RULE_ELIMINATION = "elimination"  # bound faces seen with it took the other candidates
 RULE_OPERATOR = "operator"  # `vidpipe assets bind`
 
 
@@ -75,33 +75,40 @@ class Resolution:
     candidates: dict[int, frozenset[Key]] = field(default_factory=dict)
 
 
-def _allowed(scene: SceneEvidence, face: Face, bound: dict[int, Key], shared: frozenset[str]) -> frozenset[Key]:
-    """Characters `face` may be in `scene`: declared, not rendered from a reference, not taken by a bound asset."""
+def _allowed(
+    scene: SceneEvidence, face: Face, bound: dict[int, Key], shared: frozenset[str]
+) -> tuple[frozenset[Key], frozenset[Key]]:
+    """Characters `face` may be in `scene`, twice: declared and not rendered from a reference; then not taken.
+
+    The second set also leaves out the characters of other bound assets seen in the scene.
+    """
     taken = {bound[a] for a in scene.assets if a != face.asset_id and a in bound}
-    keys = {key_of(c, scene.project_id, shared) for c in scene.declared - scene.referenced}
-    return frozenset(keys - taken)
+    keys = frozenset(key_of(c, scene.project_id, shared) for c in scene.declared - scene.referenced)
+    return keys, keys - taken
 
 
 def _candidates(
     face: Face, scenes: list[SceneEvidence], bound: dict[int, Key], shared: frozenset[str]
-) -> tuple[frozenset[Key], bool]:
-    """The characters a face may be, and whether one scene alone narrows it to one.
+) -> tuple[frozenset[Key], str]:
+    """The characters a face may be, and the rule that would bind it if they are one.
 
     Another project's scene constrains only manifest characters: there the face may be a character of
     that project (the generator can reuse a face), which says nothing about the asset's own project.
     """
     shared_keys: frozenset[Key] | None = None
     own_keys: frozenset[Key] | None = None
-    single = False
+    rule = RULE_COOCCURRENCE
     for scene in scenes:
-        allowed = _allowed(scene, face, bound, shared)
-        single = single or len(allowed) == 1
+        declared, allowed = _allowed(scene, face, bound, shared)
+        if len(allowed) == 1:
+            # One scene settles it: by itself, or because bound faces seen with it took the others.
+            rule = RULE_UNACCOUNTED if len(declared) == 1 or rule == RULE_UNACCOUNTED else RULE_ELIMINATION
         on_shared = frozenset(k for k in allowed if k[1] is None)
         shared_keys = on_shared if shared_keys is None else shared_keys & on_shared
         if scene.project_id == face.origin_project:
             mine = frozenset(k for k in allowed if k[1] == face.origin_project)
             own_keys = mine if own_keys is None else own_keys & mine
-    return (shared_keys or frozenset()) | (own_keys or frozenset()), single
+    return (shared_keys or frozenset()) | (own_keys or frozenset()), rule
 
 
 def solve(faces: Iterable[Face], scenes: Iterable[SceneEvidence], shared: frozenset[str]) -> Resolution:
@@ -124,10 +131,10 @@ def solve(faces: Iterable[Face], scenes: Iterable[SceneEvidence], shared: frozen
         for face in (f for f in faces if f.asset_id not in bound):
             if not seen_in[face.asset_id]:
                 continue
-            cands, single = _candidates(face, seen_in[face.asset_id], bound, shared)
+            cands, rule = _candidates(face, seen_in[face.asset_id], bound, shared)
             result.candidates[face.asset_id] = cands
             if len(cands) == 1:
-                rule = RULE_ELIMINATION if pass_no else RULE_UNACCOUNTED if single else RULE_COOCCURRENCE
+                rule = RULE_ELIMINATION if pass_no and rule == RULE_COOCCURRENCE else rule
                 proposals[face.asset_id] = (next(iter(cands)), rule)
         accepted = {a: p for a, p in proposals.items() if not _clashes(a, p[0], proposals, seen_in[a])}
         if not accepted:

@@ -250,7 +250,10 @@ def _register_candidates(session: Session, scene: Scene, analysis: dict, assets:
     """
     engine = analysis["engine"]
     manifest_id = scene.project.manifest_id
-    minter = _Minter(set(session.scalars(select(Asset.tag).where(Asset.manifest_id == manifest_id))))
+    taken = set(session.scalars(select(Asset.tag).where(Asset.manifest_id == manifest_id)))
+    # A rejected face's tag is not handed out again: the operator's record keeps naming that face.
+    taken |= set(session.scalars(select(RejectedFace.asset_tag).where(RejectedFace.manifest_id == manifest_id)))
+    minter = _Minter(taken)
     fresh: list[tuple[dict, str]] = []
     for cand in analysis.get("candidates", []):
         origin = f"p{scene.project_id}-s{scene.scene_index}-{cand['key']}"
