@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from tests.unit.test_registry import analysis, face, generated, new_project, register
+from tests.unit.test_registry import ENGINE, analysis, face, generated, new_project, register
 from vidpipe_tasks.binding import (
     RULE_COOCCURRENCE,
     RULE_ELIMINATION,
@@ -203,3 +203,25 @@ def test_the_analysis_of_another_project_sees_its_own_character_under_a_tag_nobo
         for e in analysis_request(settings, {"project_id": second, "scene_index": 1})["registry"]
     }
     assert entries["bo"] == f"bo@project-{first}"
+
+
+def test_commit_time_rematches_and_bindings_appear_in_status_json(settings, tmp_path):
+    import numpy as np
+
+    from tests.unit.test_registry import BOARD
+    from vidpipe_tasks.cli.status import load_status
+
+    first, second = new_project(settings, tmp_path, BOARD), new_project(settings, tmp_path, BOARD)
+    generated(settings, first, 1)
+    generated(settings, second, 1)
+    register(settings, first, 1, analysis([face(7)]))
+    # The second project's analysis ran before the first committed: its candidate is re-matched at commit.
+    register(settings, second, 1, analysis([list(np.asarray(face(7)) + 0.01)]))
+    bo = asset_ids(settings)["bo"]
+    (scene,) = [sc for sc in load_status(settings, second)["scenes"] if sc["scene_index"] == 1]
+    assert [(r["candidate"], r["asset_id"], r["asset_tag"]) for r in scene["rematches"]] == [("c0", bo, "bo")]
+    assert scene["rematches"][0]["similarity"] >= ENGINE["match_threshold"] and scene["new_asset_tags"] == []
+    (scene,) = [sc for sc in load_status(settings, first)["scenes"] if sc["scene_index"] == 1]
+    assert scene["bindings"] == [
+        {"asset_id": bo, "asset_tag": "bo", "character": "bo", "rule": RULE_UNACCOUNTED, "new": True}
+    ]
