@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vidpipe_tasks.db.models import Asset, AssetAppearance, AssetSource, AssetType, Scene, SceneManifest
+from vidpipe_tasks.db.models import Asset, AssetAppearance, AssetSource, AssetType, Project, Scene, SceneManifest
 
 #: A character as the registry knows it: (tag, None) for a manifest character, shared by every project
 #: of the manifest; (tag, project id) for a character only that project declares.
@@ -228,16 +229,12 @@ def character_name(session: Session, manifest_id: int, character: str, project_i
     )
     if uploaded:
         return uploaded
-    from vidpipe_tasks.db.models import Project
-
     project = session.get(Project, project_id) if project_id is not None else None
     return character_names((project.storyboard_json if project else None) or {}).get(character, character)
 
 
 def bind(asset: Asset, character: str, name: str, rule: str, where: tuple[int, int] | None) -> dict:
     """Set an asset's character (its reference selection and adherence follow); returns the binding event."""
-    from datetime import UTC, datetime
-
     asset.character, asset.name = character, name
     asset.binding = {
         "rule": rule,
@@ -278,9 +275,8 @@ def resolve_bindings(
 
 def open_candidates(session: Session, manifest_id: int) -> dict[int, list[str]]:
     """Unbound extracted assets of a manifest -> the characters each may still be (empty: none fits)."""
-    from vidpipe_tasks.registry import character_assets
-
-    assets = character_assets(session, manifest_id)
+    stmt = select(Asset).where(Asset.manifest_id == manifest_id, Asset.asset_type == AssetType.CHARACTER)
+    assets = list(session.scalars(stmt.order_by(Asset.id)))
     unbound = [a.id for a in assets if a.character is None and a.source == AssetSource.CLIP_EXTRACT]
     scenes, _ = load_evidence(session, manifest_id, unbound)
     resolution = solve(faces_of(assets), scenes, manifest_characters(session, manifest_id))

@@ -10,8 +10,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vidpipe_tasks import media
-from vidpipe_tasks.binding import RULE_OPERATOR, bind, character_name, manifest_characters, open_candidates
-from vidpipe_tasks.binding import resolve_bindings as _resolve
+from vidpipe_tasks.binding import (
+    RULE_OPERATOR,
+    bind,
+    character_name,
+    manifest_characters,
+    open_candidates,
+    resolve_bindings,
+)
 from vidpipe_tasks.db.models import (
     Asset,
     AssetAppearance,
@@ -173,7 +179,7 @@ def _locked(settings: Settings, asset_id: int) -> Iterator[tuple[Session, Asset]
 
 def _follow_up(s: Session, manifest_id: int) -> list[dict]:
     """Bindings an edit makes possible (e.g. binding one face settles the other by elimination)."""
-    return _resolve(s, manifest_id, character_assets(s, manifest_id), None)
+    return resolve_bindings(s, manifest_id, character_assets(s, manifest_id), None)
 
 
 def _declared_by(s: Session, asset: Asset, character: str) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from vidpipe_tasks.binding import character_names, in_scope, manifest_characters, resolve_bindings
+from vidpipe_tasks.binding import in_scope, manifest_characters, resolve_bindings
 from vidpipe_tasks.db.models import (
     Asset,
     AssetAppearance,
@@ -25,8 +25,6 @@ from vidpipe_tasks.db.models import (
     StageStatus,
 )
 from vidpipe_tasks.similarity import similarity_matrix
-
-__all__ = ["character_names", "register_scene", "select_references"]
 
 #: Keys whose values are raw embeddings; never stored in cv_analysis_json.
 EMBEDDING_KEYS = frozenset({"embedding", "reference_embeddings", "embeddings", "image_embedding", "visual_embedding"})
