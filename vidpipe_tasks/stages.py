@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from vidpipe_tasks import media
 from vidpipe_tasks.binding import in_scope, manifest_characters
 from vidpipe_tasks.db.models import (
+    Asset,
     AssetAppearance,
     Clip,
     Project,
@@ -283,7 +284,7 @@ def analysis_request(settings: Settings, ref: dict) -> dict | None:
         }
 
 
-def _analysis_tag(asset: object, project_id: int, shared: frozenset[str]) -> str:
+def _analysis_tag(asset: Asset, project_id: int, shared: frozenset[str]) -> str:
     """The character an asset stands for in this project's analysis (docs/registry.md, scope)."""
     if in_scope(asset, project_id, shared):
         return asset.character
