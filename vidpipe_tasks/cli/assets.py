@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Callable
 
-from vidpipe_tasks.cli.common import existing_installation
+from vidpipe_tasks.cli.common import EXIT_FAILED, existing_installation, home_option
 from vidpipe_tasks.curation import (
     CurationRefused,
     bind_asset,
@@ -102,14 +102,14 @@ def cmd_assets(args: argparse.Namespace) -> int:
             try:
                 print(remove_asset(settings, find_asset(settings, ref, args.manifest), force=args.force))
             except (LookupError, CurationRefused) as exc:
-                print(str(exc), file=sys.stderr)
-                code = 1
+                print(f"vidpipe assets: {exc}", file=sys.stderr)
+                code = EXIT_FAILED
         return code
     try:
         print(_run(args, settings))
     except (LookupError, CurationRefused) as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
+        print(f"vidpipe assets: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -120,6 +120,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     actions = assets.add_subparsers(dest="action", required=True, metavar="ACTION")
     manifest = argparse.ArgumentParser(add_help=False)
     manifest.add_argument("--manifest", help="the manifest (to name assets by tag, or to list one manifest's)")
+    home_option(manifest)
     listing = actions.add_parser("list", parents=[manifest], help="assets with appearances, binding and problems")
     listing.add_argument("--problems", action="store_true", help="only assets with a problem")
     listing.add_argument("--unbound", action="store_true", help="only extracted faces not bound to a character")
