@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from vidpipe_tasks.db.models import Asset, AssetAppearance, AssetSource, AssetType, Project, Scene, SceneManifest
 
@@ -154,14 +154,18 @@ def _clashes(asset_id: int, key: Key, proposals: dict, scenes: list[SceneEvidenc
     )
 
 
-def referenced_characters(session: Session, manifest_id: int, sm: SceneManifest | None) -> frozenset[str]:
+def referenced_characters(sm: SceneManifest | None, uploaded: frozenset[str]) -> frozenset[str]:
     """Characters that had a reference when the scene's clip was generated.
 
     A scene whose selection was not recorded (a clip made elsewhere) counts the manifest's uploaded
-    references: those are the only ones certain to have existed at generation.
+    references (`uploaded`): those are the only ones certain to have existed at generation.
     """
     if sm is not None and "references" in (sm.manifest_json or {}):
         return frozenset((sm.selected_reference_tags or {}).keys())
+    return uploaded
+
+
+def _uploaded_references(session: Session, manifest_id: int) -> frozenset[str]:
     stmt = select(Asset.character).where(
         Asset.manifest_id == manifest_id,
         Asset.source == AssetSource.UPLOADED,
@@ -171,43 +175,62 @@ def referenced_characters(session: Session, manifest_id: int, sm: SceneManifest 
     return frozenset(session.scalars(stmt))
 
 
+def _component(rows: list[tuple[int, int, int]], seed: set[int]) -> set[int]:
+    """The unbound faces linked to `seed` through scenes they share (only those can change on this evidence)."""
+    scenes_of: dict[int, set[tuple[int, int]]] = {}
+    faces_in: dict[tuple[int, int], set[int]] = {}
+    for asset_id, project_id, scene_index in rows:
+        scenes_of.setdefault(asset_id, set()).add((project_id, scene_index))
+        faces_in.setdefault((project_id, scene_index), set()).add(asset_id)
+    found, todo = set(), [a for a in seed if a in scenes_of]
+    while todo:
+        face = todo.pop()
+        if face not in found:
+            found.add(face)
+            todo.extend(other for key in scenes_of[face] for other in faces_in[key] if other not in found)
+    return found
+
+
 def load_evidence(
-    session: Session, manifest_id: int, unbound: Iterable[int]
-) -> tuple[list[SceneEvidence], dict[tuple[int, int], SceneEvidence]]:
+    session: Session, manifest_id: int, unbound: Iterable[int], seed: set[int] | None = None
+) -> list[SceneEvidence]:
     """The evidence of every registered scene in which one of the `unbound` assets appears.
 
-    Reads the session's pending appearances too (autoflush), so the scene being committed is included.
+    With `seed` (the assets seen in the scene being committed), only the unbound faces linked to them
+    through shared scenes are considered: nothing new is known about the others. Reads the session's
+    pending appearances too (autoflush), so the scene being committed is included.
     """
     unbound = list(unbound)
     if not unbound:
-        return [], {}
-    where = select(AssetAppearance.project_id, AssetAppearance.scene_index).where(AssetAppearance.asset_id.in_(unbound))
-    keys = {(p, i) for p, i in session.execute(where).all()}
+        return []
+    stmt = select(AssetAppearance.asset_id, AssetAppearance.project_id, AssetAppearance.scene_index)
+    rows = [tuple(r) for r in session.execute(stmt.where(AssetAppearance.asset_id.in_(unbound))).all()]
+    if seed is not None:
+        linked = _component(rows, seed)
+        rows = [r for r in rows if r[0] in linked]
+    keys = {(p, i) for _, p, i in rows}
     if not keys:
-        return [], {}
+        return []
     projects = {p for p, _ in keys}
     seen: dict[tuple[int, int], set[int]] = {k: set() for k in keys}
-    rows = session.execute(
-        select(AssetAppearance.asset_id, AssetAppearance.project_id, AssetAppearance.scene_index).where(
-            AssetAppearance.project_id.in_(projects)
-        )
-    ).all()
-    for asset_id, project_id, scene_index in rows:
+    for asset_id, project_id, scene_index in session.execute(stmt.where(AssetAppearance.project_id.in_(projects))):
         if (project_id, scene_index) in seen:
             seen[(project_id, scene_index)].add(asset_id)
-    scenes = session.scalars(select(Scene).where(Scene.project_id.in_(projects))).all()
-    evidence = {}
-    for scene in scenes:
-        k = (scene.project_id, scene.scene_index)
-        if k in seen:
-            evidence[k] = SceneEvidence(
-                scene.project_id,
-                scene.scene_index,
-                frozenset(scene.characters or []),
-                referenced_characters(session, manifest_id, scene.scene_manifest),
-                frozenset(seen[k]),
-            )
-    return list(evidence.values()), evidence
+    uploaded = _uploaded_references(session, manifest_id)
+    scenes = session.scalars(
+        select(Scene).where(Scene.project_id.in_(projects)).options(selectinload(Scene.scene_manifest))
+    )
+    return [
+        SceneEvidence(
+            scene.project_id,
+            scene.scene_index,
+            frozenset(scene.characters or []),
+            referenced_characters(scene.scene_manifest, uploaded),
+            frozenset(seen[(scene.project_id, scene.scene_index)]),
+        )
+        for scene in scenes
+        if (scene.project_id, scene.scene_index) in seen
+    ]
 
 
 def faces_of(assets: Iterable[Asset]) -> list[Face]:
@@ -252,14 +275,21 @@ def resolve_bindings(
 
     Runs under the manifest's write lock (the registry commit, or a curation command), so concurrent
     projects of one manifest never bind on stale evidence. `where` is the (project, scene) being
-    committed, recorded with each binding; None for a curation command.
+    committed, recorded with each binding: only the faces linked to what that scene saw are weighed
+    (nothing new is known about the others). None for a curation command: every face is weighed.
 
     Returns:
         One event per binding made: asset id and tag, character, rule.
 
     """
     unbound = [a.id for a in assets if a.character is None and a.source == AssetSource.CLIP_EXTRACT]
-    scenes, _ = load_evidence(session, manifest_id, unbound)
+    seed = None
+    if where is not None and unbound:
+        seen_here = select(AssetAppearance.asset_id).where(
+            AssetAppearance.project_id == where[0], AssetAppearance.scene_index == where[1]
+        )
+        seed = set(session.scalars(seen_here))
+    scenes = load_evidence(session, manifest_id, unbound, seed)
     if not scenes:
         return []
     shared = manifest_characters(session, manifest_id)
@@ -278,7 +308,7 @@ def open_candidates(session: Session, manifest_id: int) -> dict[int, list[str]]:
     stmt = select(Asset).where(Asset.manifest_id == manifest_id, Asset.asset_type == AssetType.CHARACTER)
     assets = list(session.scalars(stmt.order_by(Asset.id)))
     unbound = [a.id for a in assets if a.character is None and a.source == AssetSource.CLIP_EXTRACT]
-    scenes, _ = load_evidence(session, manifest_id, unbound)
+    scenes = load_evidence(session, manifest_id, unbound)
     resolution = solve(faces_of(assets), scenes, manifest_characters(session, manifest_id))
     # What the solver would bind now (e.g. after an operator's edit) is a candidate too, until a commit binds it.
     found = {a: sorted(c for c, _ in keys) for a, keys in resolution.candidates.items()}
