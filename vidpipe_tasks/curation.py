@@ -214,12 +214,15 @@ def rename_asset(settings: Settings, asset_id: int, tag: str, name: str | None =
     """Give an asset a new tag (and display name); the scenes that recorded it as a reference follow.
 
     Raises:
-        CurationRefused: not a tag, or a tag the manifest already has.
+        CurationRefused: not a tag, a tag the manifest already has, or an upload (storyboards name it).
 
     """
     if not re.fullmatch(TAG_PATTERN, tag):
         raise CurationRefused(f"{tag!r} is not a tag (lowercase letters, digits, '_' and '-', a letter first)")
     with _locked(settings, asset_id) as (s, asset):
+        if asset.source == AssetSource.UPLOADED:
+            # Storyboards name uploads by tag: a renamed upload would be uploaded again by the next submission.
+            raise CurationRefused(f"asset {asset_id} ({asset.tag}) is an upload: its tag is the storyboard's")
         clash = s.scalar(select(Asset.id).where(Asset.manifest_id == asset.manifest_id, Asset.tag == tag))
         if clash is not None and clash != asset_id:
             raise CurationRefused(f"manifest already has an asset {tag!r} (id {clash})")

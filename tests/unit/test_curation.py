@@ -82,6 +82,8 @@ def test_rename_changes_the_tag_references_are_chosen_by_and_the_scenes_that_rec
         rename_asset(settings, ids["extract-001"], "ada")
     with pytest.raises(CurationRefused, match="is not a tag"):
         rename_asset(settings, ids["extract-001"], "Not A Tag")
+    with pytest.raises(CurationRefused, match="is an upload"):
+        rename_asset(settings, ids["ada"], "ada-2")
 
 
 def test_merge_keeps_every_appearance_of_both_assets(settings, tmp_path) -> None:
