@@ -18,15 +18,17 @@ def identity_component(matches: list[dict]) -> float | None:
 def adherence_component(declared: list[str], referenced: set[str], matched: set[str], candidates: int) -> float | None:
     """Share of declared characters seen.
 
-    A character with a registered reference counts as seen when it matched; characters without one
-    count as seen as far as new-face candidates cover them. None when the scene declares nobody.
+    A character counts as seen when a face matched an asset bound to it. The others with no reference
+    count as seen as far as unidentified faces cover them: new-face candidates, and faces matched to an
+    asset bound to no declared character (an extracted face whose character is not known yet, which
+    the registry binds at commit). None when the scene declares nobody.
     """
     if not declared:
         return None
-    with_ref = [c for c in declared if c in referenced]
-    without_ref = [c for c in declared if c not in referenced]
-    seen = sum(1 for c in with_ref if c in matched) + min(len(without_ref), candidates)
-    return seen / len(declared)
+    seen = [c for c in declared if c in matched]
+    waiting = [c for c in declared if c not in referenced and c not in matched]
+    unidentified = candidates + len(set(matched) - set(declared))
+    return (len(seen) + min(len(waiting), unidentified)) / len(declared)
 
 
 def cross_scene_component(

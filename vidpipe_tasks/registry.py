@@ -12,12 +12,14 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from vidpipe_tasks.binding import in_scope, manifest_characters, resolve_bindings
 from vidpipe_tasks.db.models import (
     Asset,
     AssetAppearance,
     AssetSource,
     AssetType,
     Manifest,
+    RejectedFace,
     Scene,
     SceneManifest,
     StageStatus,
@@ -40,20 +42,29 @@ def _reference_rank(asset: Asset) -> tuple:
 
 
 def select_references(
-    session: Session, manifest_id: int, characters: list[str], usable: Callable[[Asset], bool] | None = None
+    session: Session,
+    manifest_id: int,
+    characters: list[str],
+    usable: Callable[[Asset], bool] | None = None,
+    project_id: int | None = None,
 ) -> dict[str, Asset]:
     """Pick the best reference asset for each character that has one (extracted assets included).
 
     `usable` (if given) vets each candidate reference: an asset it refuses is never chosen, so one bad
     row (a reference outside the media root) does not fail every project of its manifest.
+    `project_id` (if given) applies the scope rule: a character only that project declares takes its
+    references from that project's own extractions; manifest characters are shared (docs/registry.md).
 
     Returns:
         Character tag -> chosen asset; characters with no usable reference are absent.
 
     """
+    shared = manifest_characters(session, manifest_id) if project_id is not None else frozenset()
     by_character: dict[str, list[Asset]] = {}
     for asset in character_assets(session, manifest_id):
-        if asset.reference_image and asset.character and (usable is None or usable(asset)):
+        if not (asset.reference_image and asset.character and (usable is None or usable(asset))):
+            continue
+        if project_id is None or in_scope(asset, project_id, shared):
             by_character.setdefault(asset.character, []).append(asset)
     return {c: min(by_character[c], key=_reference_rank) for c in characters if c in by_character}
 
@@ -86,6 +97,8 @@ class RegistrationSummary:
     matched_tags: list[str]
     continuity_score: float | None
     degraded_reason: str | None
+    #: Extracted assets bound to a character by this commit (binding events, docs/registry.md).
+    bindings: list[dict]
 
     def as_dict(self) -> dict:
         return {
@@ -93,13 +106,16 @@ class RegistrationSummary:
             "matched_tags": self.matched_tags,
             "continuity_score": self.continuity_score,
             "degraded_reason": self.degraded_reason,
+            "bindings": self.bindings,
         }
 
 
 def summary_of(sm: SceneManifest) -> RegistrationSummary:
     analysis = sm.cv_analysis_json or {}
     matched = sorted({m.get("asset_tag") or m.get("tag") for m in analysis.get("matches", [])} - {None})
-    return RegistrationSummary(list(sm.new_asset_tags or []), matched, sm.continuity_score, sm.degraded_reason)
+    return RegistrationSummary(
+        list(sm.new_asset_tags or []), matched, sm.continuity_score, sm.degraded_reason, list(sm.bindings or [])
+    )
 
 
 class _Minter:
@@ -128,7 +144,9 @@ def register_scene(session: Session, scene: Scene, analysis: dict) -> Registrati
 
     In one transaction (the caller's): lock the manifest, store reference embeddings, re-match each
     new-entity candidate against every asset committed so far (so one face never becomes two assets),
-    mint tags, insert assets and appearances, and record the analysis summary and continuity score.
+    drop candidates an operator rejected, bind extracted assets the evidence now determines (new ones
+    included), mint tags, insert assets and appearances, and record the analysis summary, the bindings
+    and the continuity score.
     """
     project = scene.project
     manifest_id = project.manifest_id
@@ -139,11 +157,12 @@ def register_scene(session: Session, scene: Scene, analysis: dict) -> Registrati
         return summary_of(sm)  # a redelivered or re-run task: already committed, add nothing
     degraded = analysis.get("status") != "ok"
     new_tags: list[str] = []
+    bindings: list[dict] = []
     if not degraded:
         assets = character_assets(session, manifest_id)
         _store_reference_embeddings(assets, analysis)
         _record_matches(session, scene, analysis, assets)
-        new_tags = _register_candidates(session, scene, analysis, assets, sm)
+        new_tags, bindings = _register_candidates(session, scene, analysis, assets)
         if analysis.get("visual_embedding") is not None:
             sm.visual_embedding = list(analysis["visual_embedding"])
             sm.visual_embedder = analysis["engine"].get("embedder")
@@ -152,6 +171,7 @@ def register_scene(session: Session, scene: Scene, analysis: dict) -> Registrati
     sm.continuity_score = continuity.get("score")
     sm.degraded_reason = analysis.get("reason") if degraded else None
     sm.new_asset_tags = new_tags
+    sm.bindings = bindings
     sm.registered_at = datetime.now(UTC)
     scene.analysis_status = StageStatus.DEGRADED if degraded else StageStatus.DONE
     scene.registry_status = StageStatus.DONE
@@ -195,78 +215,95 @@ def _record_matches(session: Session, scene: Scene, analysis: dict, assets: list
 
 def _rematch(candidate: dict, assets: list[Asset], engine: dict) -> tuple[Asset | None, float]:
     comparable = [a for a in assets if a.face_embedding is not None and a.face_engine == engine["face"]]
-    if not comparable or candidate.get("embedding") is None:
+    best, sim = _nearest(candidate, [a.face_embedding for a in comparable], engine)
+    return (comparable[best] if best is not None else None), sim
+
+
+def _nearest(candidate: dict, vectors: list[list[float]], engine: dict) -> tuple[int | None, float]:
+    """Index of the vector most like the candidate's face if it is a match, and the best similarity."""
+    if not vectors or candidate.get("embedding") is None:
         return None, 0.0
-    sims = similarity_matrix(
-        np.asarray([candidate["embedding"]]), np.asarray([a.face_embedding for a in comparable]), engine["metric"]
-    )[0]
+    sims = similarity_matrix(np.asarray([candidate["embedding"]]), np.asarray(vectors), engine["metric"])[0]
     best = int(np.argmax(sims))
-    if sims[best] >= engine["match_threshold"]:
-        return comparable[best], float(sims[best])
-    return None, float(sims[best])
+    return (best if sims[best] >= engine["match_threshold"] else None), float(sims[best])
 
 
-def character_names(storyboard: dict) -> dict[str, str]:
-    """Character tag -> display name from a stored storyboard."""
-    assets = (storyboard.get("manifest") or {}).get("assets", [])
-    return {c["tag"]: c["name"] for c in [*assets, *storyboard.get("characters", [])]}
+def _rejected_as(session: Session, manifest_id: int, candidate: dict, engine: dict) -> str | None:
+    """The tag a candidate's face was rejected as (`vidpipe assets reject`), or None."""
+    rows = session.execute(
+        select(RejectedFace.asset_tag, RejectedFace.embedding).where(
+            RejectedFace.manifest_id == manifest_id, RejectedFace.face_engine == engine["face"]
+        )
+    ).all()
+    best, _ = _nearest(candidate, [e for _, e in rows], engine)
+    return rows[best][0] if best is not None else None
 
 
-def _unreferenced_characters(scene: Scene, sm: SceneManifest, assets: list[Asset]) -> list[str]:
-    """Declared characters that had no reference when the clip was generated."""
-    if "references" in (sm.manifest_json or {}):
-        selected = sm.selected_reference_tags or {}
-    else:  # no selection recorded (clip made elsewhere): judge by the registry as it stands
-        selected = {a.character for a in assets if a.character and a.reference_image}
-    return [c for c in scene.characters if c not in selected]
+def _register_candidates(session: Session, scene: Scene, analysis: dict, assets: list[Asset]) -> tuple[list, list]:
+    """Re-match, drop rejected faces, insert the rest, bind what the evidence allows, then mint tags.
 
+    Returns:
+        The tags of the new assets and the binding events of this commit.
 
-def _register_candidates(
-    session: Session, scene: Scene, analysis: dict, assets: list[Asset], sm: SceneManifest
-) -> list[str]:
+    """
     engine = analysis["engine"]
     manifest_id = scene.project.manifest_id
-    minter = _Minter(set(session.scalars(select(Asset.tag).where(Asset.manifest_id == manifest_id))))
-    fresh: list[dict] = []
+    taken = set(session.scalars(select(Asset.tag).where(Asset.manifest_id == manifest_id)))
+    # A rejected face's tag is not handed out again: the operator's record keeps naming that face.
+    taken |= set(session.scalars(select(RejectedFace.asset_tag).where(RejectedFace.manifest_id == manifest_id)))
+    minter = _Minter(taken)
+    fresh: list[tuple[dict, str]] = []
     for cand in analysis.get("candidates", []):
         origin = f"p{scene.project_id}-s{scene.scene_index}-{cand['key']}"
         asset, sim = _rematch(cand, assets, engine)
         if asset is not None:
-            cand["rematched_to"] = asset.tag
+            cand.update(rematched_to=asset.tag, rematched_asset_id=asset.id, rematch_similarity=round(sim, 4))
             kind = "new" if asset.origin_key == origin else "match"
             _upsert_appearance(session, scene, asset, kind, {**cand, "similarity": sim})
+        elif (rejected := _rejected_as(session, manifest_id, cand, engine)) is not None:
+            cand["rejected_as"] = rejected  # an operator said this face is no asset: never mint it again
         else:
-            fresh.append({**cand, "origin_key": origin})
-    unreferenced = _unreferenced_characters(scene, sm, assets)
-    # Bind a name only when it is unambiguous: one reference-less character, one new face.
-    bound = unreferenced[0] if len(unreferenced) == 1 and len(fresh) == 1 else None
-    names = character_names(scene.project.storyboard_json)
-    new_tags = []
-    for cand in fresh:
-        tag = minter.mint(bound)
-        asset = Asset(
-            manifest_id=manifest_id,
-            asset_type=AssetType.CHARACTER,
-            tag=tag,
-            name=names.get(bound, bound) if bound else f"Unknown ({tag})",
-            character=bound,
-            description=f"extracted from project {scene.project_id} scene {scene.scene_index}",
-            source=AssetSource.CLIP_EXTRACT,
-            reference_image=cand["crop_path"],
-            face_embedding=list(cand["embedding"]),
-            face_engine=engine["face"],
-            image_embedding=list(cand["image_embedding"]) if cand.get("image_embedding") is not None else None,
-            image_embedder=engine.get("embedder") if cand.get("image_embedding") is not None else None,
-            quality=cand.get("quality"),
-            origin_project_id=scene.project_id,
-            origin_scene_index=scene.scene_index,
-            origin_key=cand["origin_key"],
-        )
-        session.add(asset)
-        session.flush()
+            fresh.append((cand, origin))
+    inserted = [(cand, _new_asset(session, scene, cand, origin, engine)) for cand, origin in fresh]
+    for cand, asset in inserted:
         assets.append(asset)
-        cand_record = next(c for c in analysis["candidates"] if c["key"] == cand["key"])
-        cand_record["registered_as"] = tag
         _upsert_appearance(session, scene, asset, "new", cand)
-        new_tags.append(tag)
-    return new_tags
+    bindings = resolve_bindings(session, manifest_id, assets, (scene.project_id, scene.scene_index))
+    new_tags = []
+    for cand, asset in inserted:
+        # A face bound in the scene that introduced it takes the character's tag; the rest stay extract-NNN.
+        asset.tag = minter.mint(asset.character)
+        if asset.character is None:
+            asset.name = f"Unknown ({asset.tag})"
+        cand["registered_as"] = asset.tag
+        new_tags.append(asset.tag)
+    for event in bindings:
+        asset = next(a for a in assets if a.id == event["asset_id"])
+        event.update(asset_tag=asset.tag, new=any(a is asset for _, a in inserted))
+    return new_tags, bindings
+
+
+def _new_asset(session: Session, scene: Scene, cand: dict, origin: str, engine: dict) -> Asset:
+    """Insert an unbound extracted asset under a provisional tag (minted once binding is decided)."""
+    image = cand.get("image_embedding")
+    asset = Asset(
+        manifest_id=scene.project.manifest_id,
+        asset_type=AssetType.CHARACTER,
+        tag=f"~{origin}",
+        name="Unknown",
+        character=None,
+        description=f"extracted from project {scene.project_id} scene {scene.scene_index}",
+        source=AssetSource.CLIP_EXTRACT,
+        reference_image=cand["crop_path"],
+        face_embedding=list(cand["embedding"]),
+        face_engine=engine["face"],
+        image_embedding=list(image) if image is not None else None,
+        image_embedder=engine.get("embedder") if image is not None else None,
+        quality=cand.get("quality"),
+        origin_project_id=scene.project_id,
+        origin_scene_index=scene.scene_index,
+        origin_key=origin,
+    )
+    session.add(asset)
+    session.flush()
+    return asset

@@ -9,7 +9,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vidpipe_tasks import media
+from vidpipe_tasks.binding import in_scope, manifest_characters
 from vidpipe_tasks.db.models import (
+    Asset,
     AssetAppearance,
     Clip,
     Project,
@@ -68,7 +70,7 @@ def _select(session: Session, scene: Scene, settings: Settings | None = None) ->
     if project.manifest_id is None:
         return {}, {}
     usable = None if settings is None else lambda a: usable_reference(settings, a)
-    chosen = select_references(session, project.manifest_id, scene.characters, usable=usable)
+    chosen = select_references(session, project.manifest_id, scene.characters, usable=usable, project_id=project.id)
     sm = scene.scene_manifest or SceneManifest(scene_id=scene.id)
     sm.selected_reference_tags = {c: a.tag for c, a in chosen.items()}
     sm.manifest_json = {
@@ -247,11 +249,12 @@ def analysis_request(settings: Settings, ref: dict) -> dict | None:
             return None
         scene.analysis_status = StageStatus.RUNNING
         _remove_temps_of_killed_attempts(settings, media.crops_dir(scene.project_id, scene.scene_index))
+        shared = manifest_characters(s, scene.project.manifest_id)
         registry = [
             {
                 "asset_id": a.id,
                 # The storyboard character the asset depicts: adherence is judged per character.
-                "tag": a.character or a.tag,
+                "tag": _analysis_tag(a, project_id, shared),
                 "asset_tag": a.tag,
                 "embedding": a.face_embedding,
                 "engine": a.face_engine,
@@ -279,6 +282,14 @@ def analysis_request(settings: Settings, ref: dict) -> dict | None:
             ],
             "crops_dir": media.crops_dir(scene.project_id, scene.scene_index),
         }
+
+
+def _analysis_tag(asset: Asset, project_id: int, shared: frozenset[str]) -> str:
+    """The character an asset stands for in this project's analysis (docs/registry.md, scope)."""
+    if in_scope(asset, project_id, shared):
+        return asset.character
+    # Unbound: its own tag. Another project's own character of the same tag is someone else: a tag no one declares.
+    return asset.tag if asset.character is None else f"{asset.tag}@project-{asset.origin_project_id}"
 
 
 def _previous_visual(session: Session, scene: Scene) -> dict | None:

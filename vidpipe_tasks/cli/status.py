@@ -73,6 +73,23 @@ def _job(job: GenerationJob) -> dict:
     }
 
 
+def _candidates(analysis: dict, key: str) -> list[dict]:
+    return [c for c in analysis.get("candidates", []) if c.get(key)]
+
+
+def _rematches(analysis: dict) -> list[dict]:
+    """New-face candidates the registry matched at commit time to an asset committed after the analysis began."""
+    return [
+        {
+            "candidate": c["key"],
+            "asset_id": c.get("rematched_asset_id"),
+            "asset_tag": c["rematched_to"],
+            "similarity": c.get("rematch_similarity"),
+        }
+        for c in _candidates(analysis, "rematched_to")
+    ]
+
+
 def _spend(jobs: list[GenerationJob]) -> float:
     return round(sum(j.cost_estimate for j in jobs if j.state != "not_submitted"), 4)
 
@@ -96,6 +113,11 @@ def _scene(scene, runs: list[TaskRun], jobs: list[GenerationJob] = ()) -> dict:
         "selected_references": ((sm.manifest_json if sm else None) or {}).get("references", {}),
         "matched_tags": sorted({m.get("asset_tag") or m.get("tag") for m in analysis.get("matches", [])} - {None}),
         "new_asset_tags": (sm.new_asset_tags if sm else []) or [],
+        "rematches": _rematches(analysis),
+        "rejected": [
+            {"candidate": c["key"], "rejected_as": c["rejected_as"]} for c in _candidates(analysis, "rejected_as")
+        ],
+        "bindings": (sm.bindings if sm else None) or [],
         "continuity_score": sm.continuity_score if sm else None,
         "continuity_components": continuity.get("components", {}),
         "continuity_missing": continuity.get("missing", []),
@@ -175,6 +197,10 @@ def render_text(status: dict) -> str:
             f" | refs: {refs} | matched: {', '.join(sc['matched_tags']) or '-'}"
             f" | new: {', '.join(sc['new_asset_tags']) or '-'} | continuity: {_fmt_score(sc['continuity_score'])}"
         )
+        for b in sc.get("bindings", []):
+            lines.append(f"    bound: {b['asset_tag']} -> {b['character']} ({b['rule']})")
+        for r in sc.get("rematches", []):
+            lines.append(f"    re-matched at commit: candidate {r['candidate']} -> {r['asset_tag']}")
         if sc["degraded_reason"]:
             lines.append(f"    degraded: {sc['degraded_reason']}")
         if sc.get("failure_reason"):

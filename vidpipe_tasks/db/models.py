@@ -94,9 +94,27 @@ class Asset(Base):
     origin_scene_index: Mapped[int | None] = mapped_column(Integer)
     #: "p{project}-s{scene}-{candidate}" for CLIP_EXTRACT assets; None for uploads.
     origin_key: Mapped[str | None] = mapped_column(String(100))
+    #: How `character` was set on an extracted asset: {"rule", "project_id", "scene_index", "at"} (rules in
+    #: docs/registry.md); None for an upload or an asset still unbound.
+    binding: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     manifest: Mapped[Manifest] = relationship(back_populates="assets")
+
+
+class RejectedFace(Base):
+    """A face an operator rejected (`vidpipe assets reject`): the registry never mints it as new again."""
+
+    __tablename__ = "rejected_faces"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    manifest_id: Mapped[int] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"), index=True)
+    face_engine: Mapped[str] = mapped_column(String(50))
+    embedding: Mapped[list[float]] = mapped_column(JSON)
+    #: The tag of the asset it was rejected as (for the operator's record).
+    asset_tag: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Project(Base):
@@ -195,6 +213,9 @@ class SceneManifest(Base):
     #: continuity is measured against it. Kept out of cv_analysis_json, like every raw embedding.
     visual_embedding: Mapped[list[float] | None] = mapped_column(JSON)
     visual_embedder: Mapped[str | None] = mapped_column(String(100))
+    #: Extracted assets bound to a character at this scene's commit: [{"asset_id", "asset_tag", "character",
+    #: "rule", "new"}] (docs/registry.md).
+    bindings: Mapped[list[dict] | None] = mapped_column(JSON)
     #: Set in the registry transaction; the next scene may start only after it.
     registered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -72,3 +72,11 @@ def test_missing_components_are_none_not_zero() -> None:
 
 def test_adherence_counts_matched_and_newly_seen_characters() -> None:
     assert adherence_component(["a", "b", "c"], {"a", "b"}, {"a"}, candidates=1) == pytest.approx(2 / 3)
+
+
+def test_adherence_counts_a_face_matched_to_a_still_unbound_extract_for_a_reference_less_character() -> None:
+    # Scene 3 of the two-at-once case: cal has no reference yet, her face matched the unbound extract-002.
+    registry_tags = {"ada", "extract-001", "extract-002"}
+    assert adherence_component(["ada", "cal"], registry_tags, {"ada", "extract-002"}, candidates=0) == 1.0
+    # Without that match she is not seen.
+    assert adherence_component(["ada", "cal"], registry_tags, {"ada"}, candidates=0) == 0.5
