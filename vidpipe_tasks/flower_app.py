@@ -282,6 +282,8 @@ def load_options(path: Path, overrides: Mapping[str, Any]) -> Roles:
     for name, value in overrides.items():
         if name == "viewer_auth":
             viewers = value if value is not None else viewers
+        elif name == "purge_offline_workers" and value == 0:
+            options.purge_offline_workers = None  # 0 on the command line: keep them (Flower's None)
         elif value is not None:
             setattr(options, name, value)
     roles = _checked_roles(options, viewers)
