@@ -7,6 +7,7 @@ Flower itself is imported only to run it (vidpipe_tasks.flower_app), so building
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from vidpipe_tasks.cli.common import settings_from
@@ -70,6 +71,8 @@ def cmd_flower(args: argparse.Namespace) -> int:
     try:
         require_redis(settings)
         path = config_path(args.conf)
+        if args.basic_auth is not None:  # the config file reads the logins from the settings; the flag wins
+            os.environ["VIDPIPE_FLOWER_BASIC_AUTH"] = args.basic_auth
         roles = load_options(path, overrides_from(args))
     except FlowerRefused as exc:
         print(f"vidpipe flower: {exc}", file=sys.stderr)
