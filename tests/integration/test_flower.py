@@ -13,6 +13,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,6 +419,27 @@ def test_the_result_backend_held_a_running_analysis_as_started_with_its_progress
     assert held, "the backend never held a running analysis as STARTED"
     for meta in held.values():
         assert meta["stage"] == "analyze" and meta["hostname"].startswith("cv-cpu0@") and meta["pid"] > 0
+
+
+def test_the_exporter_on_postgresql_times_every_finished_run_of_the_chain(flower_run: FlowerRun) -> None:
+    from tests.integration.test_exporter import exporter, scrape, series
+
+    with exporter(flower_run.settings, flower_run.logs / "exporter.log", "--sources", "database,broker") as url:
+        found = scrape(url)
+    counts = {
+        (dict(k)["task"], dict(k)["outcome"]): v
+        for k, v in series(found, "vidpipe_task_duration_seconds_count").items()
+    }
+    with session_scope(flower_run.settings.database_url) as s:
+        rows = s.execute(select(TaskRun.task_name, TaskRun.outcome).where(TaskRun.project_id == flower_run.project_id))
+        expected = Counter((name.removeprefix("vidpipe."), outcome) for name, outcome in rows)
+    assert counts == expected and sum(expected.values()) == len(flower_run.runs)
+    # Each analysis was held 3 s in a native call: PostgreSQL's interval arithmetic sees it.
+    for (task, outcome), count in expected.items():
+        if task == "analyze_clip":
+            labels = (("le", "2.5"), ("outcome", outcome), ("task", task))
+            assert found[("vidpipe_task_duration_seconds_bucket", labels)] == 0
+            assert found[("vidpipe_task_duration_seconds_sum", labels[1:])] >= ANALYSIS_STALL_S * count
 
 
 def test_a_restarted_flower_lists_the_chain_from_the_state_it_saved(flower_run: FlowerRun) -> None:
