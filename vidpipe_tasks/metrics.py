@@ -131,19 +131,23 @@ def project_metrics(session: Any, now: datetime, lease_ttl: float) -> Iterator[M
             stages.add_metric([stage, status.value.lower()], by_status.get(status, 0))
     yield stages
 
-    rows = session.execute(
-        select(
-            Scene.generation_status,
-            Scene.analysis_status,
-            Scene.registry_status,
-            Project.status,
-            Project.lease_until,
-            Project.created_at,
-            Project.recoveries,
-        ).join(Project, Scene.project_id == Project.id)
-    )
+    stage_columns = (Scene.generation_status, Scene.analysis_status, Scene.registry_status)
     outcomes: Counter[str] = Counter()
-    for generation, analysis, registry, status, lease_until, created_at, recovered in rows:
+    # Finished projects need no lease: one row per combination of states, however many scenes.
+    grouped = session.execute(
+        select(*stage_columns, Project.status, func.count())
+        .join(Project, Scene.project_id == Project.id)
+        .where(Project.status.not_in(_ACTIVE_PROJECT))
+        .group_by(*stage_columns, Project.status)
+    )
+    for generation, analysis, registry, status, count in grouped:
+        outcomes[scene_outcome(generation, analysis, registry, status, lease_expired=False, recovered=False)] += count
+    active = session.execute(
+        select(*stage_columns, Project.status, Project.lease_until, Project.created_at, Project.recoveries)
+        .join(Project, Scene.project_id == Project.id)
+        .where(Project.status.in_(_ACTIVE_PROJECT))
+    )
+    for generation, analysis, registry, status, lease_until, created_at, recovered in active:
         # The recovery sweep's test: an active project's chain is vouched for until its lease (or, before the
         # first task started, lease_ttl after creation).
         alive_until = _utc(lease_until) or _utc(created_at) + timedelta(seconds=lease_ttl)
@@ -218,17 +222,23 @@ def task_run_metrics(session: Any) -> Iterator[Metric]:
 
     # Counted by the database (one row per task and outcome), so a scrape costs the same for any run-log size
     # in Python; the duration is the dialect's own arithmetic on the two timestamps.
-    seconds = _seconds_between(session, TaskRun.started_at, TaskRun.finished_at)
-    finished = session.execute(
+    timed = (
         select(
-            TaskRun.task_name,
-            TaskRun.outcome,
-            func.count(),
-            func.coalesce(func.sum(seconds), 0.0),
-            *(func.sum(case((seconds <= bound, 1), else_=0)) for bound in DURATION_BUCKETS),
+            TaskRun.task_name.label("task"),
+            TaskRun.outcome.label("outcome"),
+            _seconds_between(session, TaskRun.started_at, TaskRun.finished_at).label("seconds"),
         )
         .where(TaskRun.finished_at.is_not(None), TaskRun.outcome.not_in(OPEN_RUN_OUTCOMES))
-        .group_by(TaskRun.task_name, TaskRun.outcome)
+        .subquery()
+    )
+    finished = session.execute(
+        select(
+            timed.c.task,
+            timed.c.outcome,
+            func.count(),
+            func.coalesce(func.sum(timed.c.seconds), 0.0),
+            *(func.sum(case((timed.c.seconds <= bound, 1), else_=0)) for bound in DURATION_BUCKETS),
+        ).group_by(timed.c.task, timed.c.outcome)
     )
     histogram = HistogramMetricFamily(
         "vidpipe_task_duration_seconds",
