@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vidpipe_tasks.cli.common import settings_from
+from vidpipe_tasks.cli.common import EXIT_USAGE, settings_from
 
 SOURCES = ("database", "broker", "gpu")
 
@@ -16,11 +16,11 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     unknown = sorted(set(sources) - set(SOURCES))
     if unknown or not sources:
         print(f"vidpipe exporter: unknown source(s) {unknown}; choose from {', '.join(SOURCES)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     port = settings.exporter_port if args.port is None else args.port
     if not 0 <= port <= 65535:
         print(f"vidpipe exporter: port {port} is out of range 0..65535", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from vidpipe_tasks.metrics import run_exporter
 
     try:
@@ -30,7 +30,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
             f"vidpipe exporter: cannot listen on {args.address or settings.exporter_address}:{port}: {exc}",
             file=sys.stderr,
         )
-        return 2
+        return EXIT_USAGE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

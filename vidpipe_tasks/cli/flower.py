@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from vidpipe_tasks.cli.common import settings_from
+from vidpipe_tasks.cli.common import EXIT_USAGE, settings_from
 from vidpipe_tasks.settings import Settings
 
 
@@ -76,7 +76,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
         roles = load_options(path, overrides_from(args))
     except FlowerRefused as exc:
         print(f"vidpipe flower: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     from vidpipe_tasks.celery_app import app
 
     return serve(app, roles, path)
