@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from billiard.process import current_process
-from celery import Task
+from celery import Task, states
 from celery.exceptions import Ignore, Retry, SoftTimeLimitExceeded, TimeLimitExceeded
 from sqlalchemy import func, select, update
 
@@ -401,16 +401,23 @@ class PipelineTask(Task):
     def progress(self, stage: str, done: int, total: int, **info: Any) -> None:
         """Report progress to the result backend (API clients) and as an event (Flower), best effort.
 
-        Progress must never fail or stall the work: a broker or backend outage skips the report (a
-        backend without retries is used, and after a failure reports pause for a few seconds).
+        The state stays STARTED (as `task_track_started` stored it) with the progress in its meta, so
+        `AsyncResult.state` and Flower's "Started" filter both show a running task as started; the
+        `task-progress` event carries the same fields (vidpipe_tasks.flower_app keeps the state STARTED
+        there too). Progress must never fail or stall the work: a broker or backend outage skips the
+        report (a backend without retries is used, and after a failure reports pause for a few seconds).
         """
         if self.request.id is None or self.request.is_eager:  # no worker, nobody watching
             return
         if time.monotonic() < _PROGRESS_PAUSED_UNTIL.get("t", 0.0):
             return
         meta = {"stage": stage, "done": done, "total": total, **info}
+        # What task_track_started stores (pid, hostname), so the STARTED meta only grows.
+        started = {"pid": os.getpid(), "hostname": self.request.hostname}
         try:
-            quick_backend(self.app).store_result(self.request.id, meta, "PROGRESS", request=self.request)
+            quick_backend(self.app).store_result(
+                self.request.id, {**started, **meta}, states.STARTED, request=self.request
+            )
             self.send_event("task-progress", retry=False, **meta)
         except Exception as exc:
             _PROGRESS_PAUSED_UNTIL["t"] = time.monotonic() + 5.0

@@ -122,6 +122,14 @@ class Settings:
     flower_basic_auth: str = ""
     #: Port Flower listens on.
     flower_port: int = 5555
+    #: Address Flower listens on: loopback unless a deployment sets it (containers: 0.0.0.0 behind their network).
+    flower_address: str = "127.0.0.1"
+    #: Flower viewer logins, "user:password" comma-separated: they see every page and the API, /metrics
+    #: included, and every control action (shutdown, pool, revoke, rate limit, ...) is refused for them.
+    flower_viewer_auth: str = field(default="", repr=False)
+    #: `vidpipe exporter` (Prometheus metrics of vidpipe itself, docs/operations.md "Metrics"): address and port.
+    exporter_address: str = "127.0.0.1"
+    exporter_port: int = 9808
     #: Input limits and quotas (docs/storyboard.md "Limits and quotas"); see vidpipe_tasks.limits.InputLimits.
     #: Folders, besides each storyboard's own, that reference images may come from (separated by ":").
     reference_roots: str = ""
@@ -189,6 +197,9 @@ class Settings:
         for field_name in ("retry_backoff_base", "retry_backoff_max", "heartbeat_interval", "recovery_interval"):
             if getattr(self, field_name) <= 0:
                 raise ValueError(f"VIDPIPE_{field_name.upper()} must be positive")
+        for field_name in ("flower_port", "exporter_port"):
+            if not 0 <= getattr(self, field_name) <= 65535:
+                raise ValueError(f"VIDPIPE_{field_name.upper()} must be a port number, 0..65535")
         if self.lease_ttl < 2 * self.heartbeat_interval:
             raise ValueError("VIDPIPE_LEASE_TTL must be at least twice VIDPIPE_HEARTBEAT_INTERVAL")
 

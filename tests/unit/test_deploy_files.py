@@ -1,9 +1,10 @@
-"""Deployment files agree with the app: queues and routes, time limits, settings, KEDA's list names, pins, images."""
+"""Deployment files agree with the app: queues and routes, time limits, settings, KEDA, pins, images, dashboards."""
 
 from __future__ import annotations
 
 import configparser
 import inspect
+import json
 import re
 import shlex
 from dataclasses import fields
@@ -22,7 +23,8 @@ from gpu_worker.launcher import Launcher, discover_gpus, plan_slots
 from tests.conftest import REPO
 from vidpipe_tasks.celery_app import TASK_ROUTES, celery_config, hard_time_limits
 from vidpipe_tasks.cli import build_parser
-from vidpipe_tasks.cli.flower import MAX_TASKS as VIDPIPE_FLOWER_MAX_TASKS
+from vidpipe_tasks.flower_app import EXTRA_COLUMNS, format_task
+from vidpipe_tasks.metrics import GpuSample, VidpipeCollector
 from vidpipe_tasks.settings import ALL_QUEUES, CV_QUEUE, Settings, load_settings
 
 DEPLOY = REPO / "deploy"
@@ -316,25 +318,39 @@ def flower_parser() -> OptionParser:
 
 
 def test_flower_config_turns_basic_auth_on_and_bounds_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("VIDPIPE_FLOWER_PORT", raising=False)
+    for name in ("VIDPIPE_FLOWER_PORT", "VIDPIPE_FLOWER_ADDRESS", "VIDPIPE_FLOWER_VIEWER_AUTH"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("VIDPIPE_FLOWER_BASIC_AUTH", "ops:s3cret")
     defaults = flower_parser()
     defaults.parse_config_file(str(FLOWER_CONFIG), final=False)
     assert defaults.port == load_settings({}).flower_port
+    # Loopback unless the deployment opens it, as the settings' default.
+    assert defaults.address == load_settings({}).flower_address == "127.0.0.1"
 
     monkeypatch.setenv("VIDPIPE_FLOWER_PORT", "5601")
+    monkeypatch.setenv("VIDPIPE_FLOWER_ADDRESS", "0.0.0.0")
     monkeypatch.delenv("FLOWER_PERSISTENT", raising=False)
     parser = flower_parser()
     parser.parse_config_file(str(FLOWER_CONFIG), final=False)
     assert parser.basic_auth == ["ops:s3cret"]
-    assert parser.port == 5601
-    # The same bound `vidpipe flower` applies, so both ways of running Flower keep the same history.
-    assert parser.max_tasks == VIDPIPE_FLOWER_MAX_TASKS and 1000 <= parser.max_tasks <= 10000
+    assert (parser.port, parser.address) == (5601, "0.0.0.0")
+    assert 1000 <= parser.max_tasks <= 10000
     assert parser.persistent is False
 
     monkeypatch.setenv("FLOWER_PERSISTENT", "true")
     parser.parse_config_file(str(FLOWER_CONFIG), final=False)
     assert parser.persistent is True and parser.db
+
+
+def test_flower_config_shows_vidpipes_columns_and_formats_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flower.views.tasks import TASK_COLUMNS
+
+    monkeypatch.setenv("VIDPIPE_FLOWER_BASIC_AUTH", "ops:s3cret")
+    parser = flower_parser()
+    parser.parse_config_file(str(FLOWER_CONFIG), final=False)
+    assert parser.format_task is format_task
+    columns = parser.tasks_columns.split(",")
+    assert set(EXTRA_COLUMNS) <= set(columns) and set(columns) <= set(TASK_COLUMNS) | set(EXTRA_COLUMNS)
 
 
 @pytest.mark.parametrize("credentials", ["", "ops", "ops:", ":s3cret"])
@@ -346,14 +362,112 @@ def test_flower_config_refuses_to_load_without_a_user_and_password(
         flower_parser().parse_config_file(str(FLOWER_CONFIG), final=False)
 
 
-def test_prometheus_scrapes_flowers_metrics_at_the_compose_service(compose: dict) -> None:
+def test_prometheus_scrapes_the_exporter_and_flower_with_a_viewer_login(compose: dict) -> None:
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "flower"]
-    assert job["metrics_path"] == "/metrics"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["flower"]["metrics_path"] == jobs["vidpipe"]["metrics_path"] == "/metrics"
     flower = compose["services"]["flower"]
     port = flower["environment"]["VIDPIPE_FLOWER_PORT"]
-    assert job["static_configs"][0]["targets"] == [f"flower:{port}"]
-    assert compose["services"]["prometheus"]["volumes"][0].startswith("../prometheus/prometheus.yml:")
+    assert jobs["flower"]["static_configs"][0]["targets"] == [f"flower:{port}"]
+    # Flower's /metrics needs a login under `vidpipe flower`: a viewer login whose password compose hands over.
+    auth = jobs["flower"]["basic_auth"]
+    viewers = [c for c in flower["environment"]["VIDPIPE_FLOWER_VIEWER_AUTH"].split(",") if c]
+    assert f"{auth['username']}:{env_file(COMPOSE / '.env.example')['FLOWER_PROMETHEUS_PASSWORD']}" in viewers
+    prometheus = compose["services"]["prometheus"]
+    (secret,) = prometheus["secrets"]
+    assert auth["password_file"] == f"/run/secrets/{secret}"
+    assert compose["secrets"][secret]["environment"] == "FLOWER_PROMETHEUS_PASSWORD"
+    exporter = compose["services"]["exporter"]
+    assert service_argv(exporter)[:2] == ["vidpipe", "exporter"]
+    build_parser().parse_args(service_argv(exporter)[1:])
+    target = f"exporter:{exporter['environment']['VIDPIPE_EXPORTER_PORT']}"
+    assert jobs["vidpipe"]["static_configs"][0]["targets"] == [target]
+    assert "ports" not in exporter, "the exporter has no login: never publish it"
+    assert prometheus["volumes"][0].startswith("../prometheus/prometheus.yml:")
+
+
+# --- the Grafana dashboard -----------------------------------------------------------------------------------------
+
+#: PromQL words that are not metric names: functions, aggregations, keywords.
+PROMQL_WORDS = {
+    "sum", "avg", "min", "max", "count", "rate", "irate", "increase", "histogram_quantile", "by", "without",
+    "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "offset", "bool", "topk", "bottomk",
+    "clamp_min", "clamp_max", "abs", "delta", "deriv", "time", "vector", "scalar", "label_replace",
+}  # fmt: skip
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name `vidpipe exporter` can serve (counters with _total, histograms with their series)."""
+    from vidpipe_tasks.db.models import Base
+    from vidpipe_tasks.db.session import get_engine
+
+    settings = load_settings({"VIDPIPE_DATABASE_URL": "sqlite://"})
+    Base.metadata.create_all(get_engine(settings.database_url))
+    rows = [{"queue": "cv", "depth": 0, "lists": [{"priorities": "0-2", "depth": 0}], "unacked": 0}]
+    gpus = [GpuSample(0, 1, 2, 3)]
+    collector = VidpipeCollector(settings, queue_depths=lambda: rows, gpu_samples=lambda: gpus)
+    names = set()
+    for family in collector.collect():
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(family.type, [""])
+        names |= {family.name + suffix for suffix in suffixes}
+    return names
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: label matchers, ranges, strings and `by (...)` lists removed."""
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"", " ", expr)
+    bare = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", " ", bare)
+    words = set(re.findall(r"(?<![\w.])[a-zA-Z_:][\w:]*", bare))
+    return {w for w in words if w not in PROMQL_WORDS}
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads((DEPLOY / "grafana" / "vidpipe-dashboard.json").read_text())
+    return [(panel["title"], target["expr"]) for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_the_dashboards_queries_use_only_metrics_the_exporter_exports() -> None:
+    exported = exported_metric_names()
+    queries = dashboard_queries()
+    assert len(queries) >= 15
+    used = set()
+    for title, expr in queries:
+        names = promql_metric_names(expr)
+        assert names, f"{title}: no metric in {expr!r}"
+        assert names <= exported, f"{title}: {sorted(names - exported)} not exported"
+        used |= names
+    # Each of the issue's figures has a panel: queues, priority lists, scenes, durations, scores, retries and
+    # redeliveries, projects, generator jobs and spend, GPU memory and utilisation.
+    for name in (
+        "vidpipe_queue_depth", "vidpipe_queue_list_depth", "vidpipe_scenes", "vidpipe_task_duration_seconds_bucket",
+        "vidpipe_continuity_score_bucket", "vidpipe_task_redeliveries_total", "vidpipe_projects",
+        "vidpipe_generation_jobs_in_flight", "vidpipe_generation_spend_usd_total", "vidpipe_gpu_memory_used_bytes",
+        "vidpipe_gpu_utilization_ratio",
+    ):  # fmt: skip
+        assert name in used, name
+
+
+def test_the_metric_name_reader_sees_through_labels_ranges_and_groupings() -> None:
+    expr = 'histogram_quantile(0.95, sum by (le, task) (rate(vidpipe_x_bucket{task="a b"}[5m]))) / vidpipe_y'
+    assert promql_metric_names(expr) == {"vidpipe_x_bucket", "vidpipe_y"}
+
+
+def test_the_keda_example_on_a_metric_queries_an_exported_metric() -> None:
+    (scaled,) = yaml_documents(K8S / "keda-cv-prometheus.yaml")
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert promql_metric_names(trigger["metadata"]["query"]) == {"vidpipe_queue_depth"} <= exported_metric_names()
+    assert 'queue="cv"' in trigger["metadata"]["query"]
+
+
+def test_compose_grafana_loads_the_dashboard_from_prometheus(compose: dict) -> None:
+    grafana = compose["services"]["grafana"]
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in grafana["volumes"]}
+    provider = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "dashboards" / "vidpipe.yml").read_text())
+    (source,) = provider["providers"]
+    assert mounts["../grafana/vidpipe-dashboard.json"].startswith(source["options"]["path"] + "/")
+    datasource = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
 
 
 # --- docker compose ------------------------------------------------------------------------------------------------
@@ -431,12 +545,13 @@ def test_compose_flower_requires_a_login_and_reads_the_images_flower_config(comp
 
 def test_kustomization_lists_every_manifest_but_the_optional_service_monitor() -> None:
     listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
-    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "flower-servicemonitor.yaml"}
+    optional = {"servicemonitors.yaml", "keda-cv-prometheus.yaml"}  # Prometheus Operator; KEDA on a metric instead
+    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", *optional}
     assert listed == present
 
 
 def test_kubernetes_manifests_leave_the_namespace_to_the_operator(k8s: list[dict]) -> None:
-    docs = k8s + yaml_documents(K8S / "flower-servicemonitor.yaml")
+    docs = k8s + yaml_documents(K8S / "servicemonitors.yaml") + yaml_documents(K8S / "keda-cv-prometheus.yaml")
     assert all("namespace" not in doc["metadata"] for doc in docs)
 
 
@@ -475,7 +590,7 @@ def test_kubernetes_workers_mount_the_shared_media_claim_at_the_media_root(k8s: 
     claims = k8s_objects(k8s, "PersistentVolumeClaim")
     assert claims["vidpipe-media"]["spec"]["accessModes"] == ["ReadWriteMany"]
     for name, workload in {**k8s_objects(k8s, "Deployment"), **k8s_objects(k8s, "Job")}.items():
-        if name in ("vidpipe-flower", "vidpipe-beat"):  # neither reads media (the sweep runs on registry workers)
+        if name in ("vidpipe-flower", "vidpipe-beat", "vidpipe-exporter"):  # none reads media
             continue
         volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
         (container,) = pod_containers(workload)
@@ -544,33 +659,66 @@ def test_keda_reaches_the_brokers_redis_through_the_secret(k8s: list[dict]) -> N
     assert generated["name"] == "vidpipe-secrets" and kustomization["generatorOptions"]["disableNameSuffixHash"]
 
 
-def test_kubernetes_flower_takes_its_login_from_the_secret_and_is_scraped_for_metrics(k8s: list[dict]) -> None:
+def test_kubernetes_flower_takes_its_logins_from_the_secret_and_is_scraped_with_a_viewer(k8s: list[dict]) -> None:
     deployment = k8s_objects(k8s, "Deployment")["vidpipe-flower"]
     (container,) = pod_containers(deployment)
     assert container_argv(container) == ["vidpipe", "flower"]
     assert build_parser().parse_args(container_argv(container)[1:]).command == "flower"
     env = {e["name"]: e for e in container["env"]}
-    secret_ref = env["VIDPIPE_FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]
-    assert secret_ref["key"] in env_file(K8S / "secrets.env.example") and secret_ref["name"] == "vidpipe-secrets"
+    secrets = env_file(K8S / "secrets.env.example")
+    for name in ("VIDPIPE_FLOWER_BASIC_AUTH", "VIDPIPE_FLOWER_VIEWER_AUTH"):
+        secret_ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert secret_ref["key"] in secrets and secret_ref["name"] == "vidpipe-secrets"
     assert env["FLOWER_CONF"]["value"] == flower_config_path_in_images()
-    port = int(k8s_settings_env(k8s)["VIDPIPE_FLOWER_PORT"])
+    settings = k8s_settings_env(k8s)
+    port = int(settings["VIDPIPE_FLOWER_PORT"])
     assert container["ports"][0]["containerPort"] == port
+    assert settings["VIDPIPE_FLOWER_ADDRESS"] == "0.0.0.0"  # inside the pod; the Service is ClusterIP
 
     service = k8s_objects(k8s, "Service")["vidpipe-flower"]
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["ports"][0]["port"] == port
+    # Annotation discovery cannot log in, and Flower's /metrics needs one: no prometheus.io annotations.
+    assert not any(k.startswith("prometheus.io/") for k in service["metadata"].get("annotations", {}))
+    monitors = {doc["metadata"]["name"]: doc for doc in yaml_documents(K8S / "servicemonitors.yaml")}
+    (endpoint,) = monitors["vidpipe-flower"]["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
+    assert monitors["vidpipe-flower"]["spec"]["selector"]["matchLabels"].items() <= service["spec"]["selector"].items()
+    user, password = (endpoint["basicAuth"][k] for k in ("username", "password"))
+    assert {user["name"], password["name"]} == {"vidpipe-secrets"}
+    login = f"{secrets[user['key']]}:{secrets[password['key']]}"
+    assert login in secrets["VIDPIPE_FLOWER_VIEWER_AUTH"].split(","), "the scrape login must be a viewer"
+
+
+def test_kubernetes_exporter_serves_the_database_and_broker_metrics_to_prometheus(k8s: list[dict]) -> None:
+    deployment = k8s_objects(k8s, "Deployment")["vidpipe-exporter"]
+    (container,) = pod_containers(deployment)
+    argv = container_argv(container)
+    assert argv[:2] == ["vidpipe", "exporter"]
+    assert build_parser().parse_args(argv[1:]).sources == "database,broker"
+    settings = k8s_settings_env(k8s)
+    port = int(settings["VIDPIPE_EXPORTER_PORT"])
+    assert container["ports"][0]["containerPort"] == port and settings["VIDPIPE_EXPORTER_ADDRESS"] == "0.0.0.0"
+    service = k8s_objects(k8s, "Service")["vidpipe-exporter"]
     annotations = service["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
     assert int(annotations["prometheus.io/port"]) == port == service["spec"]["ports"][0]["port"]
-    (monitor,) = yaml_documents(K8S / "flower-servicemonitor.yaml")
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] == "/metrics"
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["spec"]["selector"].items()
+    monitors = {doc["metadata"]["name"]: doc for doc in yaml_documents(K8S / "servicemonitors.yaml")}
+    (endpoint,) = monitors["vidpipe-exporter"]["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"]
 
 
 # --- systemd -------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "name", ["vidpipe-worker@.service", "vidpipe-cv@.service", "vidpipe-flower.service", "vidpipe-beat.service"]
+    "name",
+    [
+        "vidpipe-worker@.service",
+        "vidpipe-cv@.service",
+        "vidpipe-flower.service",
+        "vidpipe-beat.service",
+        "vidpipe-exporter.service",
+    ],
 )
 def test_systemd_unit_reads_the_shared_env_file_and_stops_with_sigterm(name: str) -> None:
     parsed = unit(name)

@@ -21,6 +21,10 @@ CPU_SIDE = [
     "vidpipe_tasks.generators.comfyui",
     "vidpipe_tasks.generators.veo",
     "vidpipe_tasks.cli.models",
+    # The exporter and Flower run on CPU hosts (the exporter's NVML reader is plain ctypes on the driver).
+    "vidpipe_tasks.cli.exporter",
+    "vidpipe_tasks.metrics",
+    "vidpipe_tasks.flower_app",
     "gpu_worker.service",
     # The launcher parent forks CV workers: it must hold no CUDA or onnxruntime state.
     "gpu_worker.__main__",

@@ -12,6 +12,7 @@ from vidpipe_tasks.cli import (
     db,
     demo,
     export,
+    exporter,
     flower,
     generators,
     models,
@@ -50,6 +51,7 @@ COMMAND_GROUPS = (
     models,
     assets,
     flower,
+    exporter,
     db,
 )
 
