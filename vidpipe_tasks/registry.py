@@ -47,6 +47,8 @@ def select_references(
     characters: list[str],
     usable: Callable[[Asset], bool] | None = None,
     project_id: int | None = None,
+    *,
+    extracted: bool = True,
 ) -> dict[str, Asset]:
     """Pick the best reference asset for each character that has one (extracted assets included).
 
@@ -54,6 +56,8 @@ def select_references(
     row (a reference outside the media root) does not fail every project of its manifest.
     `project_id` (if given) applies the scope rule: a character only that project declares takes its
     references from that project's own extractions; manifest characters are shared (docs/registry.md).
+    With `extracted` False only uploaded assets are chosen: progressive enrichment is off
+    (VIDPIPE_ENRICHMENT), while analysis still matches against and registers extracted faces.
 
     Returns:
         Character tag -> chosen asset; characters with no usable reference are absent.
@@ -63,6 +67,8 @@ def select_references(
     by_character: dict[str, list[Asset]] = {}
     for asset in character_assets(session, manifest_id):
         if not (asset.reference_image and asset.character and (usable is None or usable(asset))):
+            continue
+        if not extracted and asset.source != AssetSource.UPLOADED:
             continue
         if project_id is None or in_scope(asset, project_id, shared):
             by_character.setdefault(asset.character, []).append(asset)

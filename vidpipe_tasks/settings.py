@@ -168,6 +168,18 @@ class Settings:
     generation_poll_s: float = 15.0
     #: What a content-policy block does: "fail-project" or "skip-scene" (the chain goes on without it).
     content_policy: str = "fail-project"
+    # --- Quality measurement (issue 12): generator imperfection and the enrichment switch. ---
+    #: Procedural generator imperfection (docs/generators.md "Imperfection"): the probability, per clip
+    #: and character, of identity drift (a look-alike or perturbed face) and of a declared character
+    #: missing; per clip, of one extra person. All 0 (the default): the generator never fails.
+    imperfection_drift: float = 0.0
+    imperfection_missing: float = 0.0
+    imperfection_extra: float = 0.0
+    #: Mixed into every imperfection draw (which is otherwise a function of project, scene and request seed).
+    imperfection_seed: int = 0
+    #: Progressive enrichment: faces registered from scene N become references for scene N+1. Off, the
+    #: extracted assets are still registered and matched, but never chosen as a generation reference.
+    enrichment: bool = True
 
     def __post_init__(self) -> None:
         for field_name, allowed in CHOICES.items():
@@ -200,6 +212,9 @@ class Settings:
         for field_name in ("flower_port", "exporter_port"):
             if not 0 <= getattr(self, field_name) <= 65535:
                 raise ValueError(f"VIDPIPE_{field_name.upper()} must be a port number, 0..65535")
+        for field_name in ("imperfection_drift", "imperfection_missing", "imperfection_extra"):
+            if not 0.0 <= getattr(self, field_name) <= 1.0:
+                raise ValueError(f"VIDPIPE_{field_name.upper()} must be between 0 and 1")
         if self.lease_ttl < 2 * self.heartbeat_interval:
             raise ValueError("VIDPIPE_LEASE_TTL must be at least twice VIDPIPE_HEARTBEAT_INTERVAL")
 

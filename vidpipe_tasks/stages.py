@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from vidpipe_tasks import media
 from vidpipe_tasks.binding import in_scope, manifest_characters
+from vidpipe_tasks.consistency import face_consistency, project_faces
 from vidpipe_tasks.db.models import (
     Asset,
     AssetAppearance,
@@ -70,7 +71,10 @@ def _select(session: Session, scene: Scene, settings: Settings | None = None) ->
     if project.manifest_id is None:
         return {}, {}
     usable = None if settings is None else lambda a: usable_reference(settings, a)
-    chosen = select_references(session, project.manifest_id, scene.characters, usable=usable, project_id=project.id)
+    extracted = settings is None or settings.enrichment  # VIDPIPE_ENRICHMENT=0: uploaded references only
+    chosen = select_references(
+        session, project.manifest_id, scene.characters, usable=usable, project_id=project.id, extracted=extracted
+    )
     sm = scene.scene_manifest or SceneManifest(scene_id=scene.id)
     sm.selected_reference_tags = {c: a.tag for c, a in chosen.items()}
     sm.manifest_json = {
@@ -384,8 +388,15 @@ def finalize_project(settings: Settings, project_id: int) -> dict:
         )
         # The chain's last link: a scene still unfinished here means the chain lost work; say so.
         project.status = ProjectStatus.COMPLETED if finished else ProjectStatus.FAILED
+        if project.manifest_id is not None:  # recomputed from the registry on every run: idempotent
+            measured = face_consistency(project_faces(s, project_id))
+            project.face_consistency, project.face_consistency_detail = measured["score"], measured
         project.finished_at = project.finished_at if project.finished_at and finished else datetime.now(UTC)
-        result = {"project_id": project_id, "status": project.status.value}
+        result = {
+            "project_id": project_id,
+            "status": project.status.value,
+            "face_consistency": project.face_consistency,
+        }
     if finished and settings.export_on_finish:  # after the commit: a failed export never fails the project
         from vidpipe_tasks.export import export_final
 

@@ -284,7 +284,7 @@ def test_an_orphan_clip_is_adopted_instead_of_rendered_again(on_app, tmp_path, m
     request = ClipRequest(pid, 1, "a test", None, (), 1.0, 8, 160, 96, out)
     get_generator("procedural").generate(request)  # rendered, then the database write was lost
 
-    def no_render(name):
+    def no_render(*_args):
         raise AssertionError("the scene was rendered again")
 
     import vidpipe_tasks.generators as generators

@@ -141,6 +141,10 @@ class Project(Base):
     #: Automatic recoveries so far, and why the last one happened.
     recoveries: Mapped[int] = mapped_column(Integer, default=0)
     recovery_reason: Mapped[str | None] = mapped_column(Text)
+    #: Cross-scene face consistency (vidpipe_tasks.consistency), set when the project is finalized: the
+    #: score (None when no character was seen in two scenes) and its per-character detail (no embeddings).
+    face_consistency: Mapped[float | None] = mapped_column(Float)
+    face_consistency_detail: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -25,11 +25,12 @@ __all__ = [
 ]
 
 
-def _procedural() -> ClipGenerator:
+def _procedural(settings: Settings | None) -> ClipGenerator:
     # Imported lazily so that importing the package does not pull in PyAV and Pillow.
+    from vidpipe_tasks.generators.imperfection import Imperfection
     from vidpipe_tasks.generators.procedural import ProceduralGenerator
 
-    return ProceduralGenerator()
+    return ProceduralGenerator(imperfection=None if settings is None else Imperfection.from_settings(settings))
 
 
 def _comfyui(settings: Settings) -> RemoteAdapter:
@@ -44,7 +45,7 @@ def _veo(settings: Settings) -> RemoteAdapter:
     return VeoAdapter(settings)
 
 
-_FACTORIES: dict[str, Callable[[], ClipGenerator]] = {"procedural": _procedural}
+_FACTORIES: dict[str, Callable[[Settings | None], ClipGenerator]] = {"procedural": _procedural}
 #: Remote services, driven through durable provider jobs (vidpipe_tasks.generators.remote).
 _REMOTE: dict[str, Callable[[Settings], RemoteAdapter]] = {"comfyui": _comfyui, "veo": _veo}
 REMOTE_GENERATORS: tuple[str, ...] = tuple(_REMOTE)
@@ -56,8 +57,11 @@ def _unknown(name: str) -> ValueError:
     return ValueError(f"unknown clip generator {name!r}; valid names: {', '.join(GENERATOR_NAMES)}")
 
 
-def get_generator(name: str) -> ClipGenerator:
+def get_generator(name: str, settings: Settings | None = None) -> ClipGenerator:
     """Return a new local generator instance by name (remote ones: ``remote_adapter``).
+
+    With `settings`, the generator takes its options from them (the procedural one its imperfection);
+    without, the defaults.
 
     Raises:
         ValueError: for an unknown name (the message lists the valid ones).
@@ -69,7 +73,7 @@ def get_generator(name: str) -> ClipGenerator:
         factory = _FACTORIES[name]
     except KeyError:
         raise _unknown(name) from None
-    return factory()
+    return factory(settings)
 
 
 def remote_adapter(settings: Settings, name: str) -> RemoteAdapter:

@@ -51,7 +51,7 @@ def render(settings: Settings, plan: GenerationPlan, request: ClipRequest) -> Cl
     from vidpipe_tasks.generators import get_generator, remote_adapter
 
     if not plan.is_remote:
-        return get_generator(plan.generator).generate(request)
+        return get_generator(plan.generator, settings).generate(request)
     from vidpipe_tasks.generators.remote import RemoteGenerator
 
     adapter = remote_adapter(settings, plan.generator)

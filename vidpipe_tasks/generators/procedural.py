@@ -15,12 +15,14 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from vidpipe_tasks import media
 from vidpipe_tasks.generators.base import CharacterSpec, ClipInfo, ClipRequest
+from vidpipe_tasks.generators.imperfection import Drift, Imperfection, SceneFlaws, draw_flaws
 from vidpipe_tasks.generators.stock import (
     INVENTED_FACE_POOL,
+    STOCK_FACES,
     background_for,
     is_stock_uri,
     resolve_stock_uri,
@@ -253,6 +255,8 @@ class ProceduralGenerator:
         crf: x264 constant rate factor (lower = better quality, bigger files).
         preset: x264 speed preset.
         invented_pool: stock faces for characters without a reference image (see ``assign_invented_faces``).
+        imperfection: how often a clip shows identity drift, a missing character or an extra person
+            (docs/generators.md "Imperfection"); drawn from (project, scene, request seed), off by default.
 
     """
 
@@ -265,6 +269,7 @@ class ProceduralGenerator:
         crf: int = 23,
         preset: str = "veryfast",
         invented_pool: tuple[str, ...] = INVENTED_FACE_POOL,
+        imperfection: Imperfection | None = None,
     ) -> None:
         if keyframe_interval_s <= 0:
             raise ValueError("keyframe_interval_s must be positive")
@@ -276,6 +281,7 @@ class ProceduralGenerator:
         self.keyframe_interval_s = keyframe_interval_s
         self.crf = crf
         self.preset = preset
+        self.imperfection = imperfection or Imperfection()
 
     def keyframe_interval(self, fps: int) -> int:
         """GOP length in frames for a clip at ``fps``."""
@@ -286,15 +292,24 @@ class ProceduralGenerator:
         _validate(request)
         frame_count = max(1, round(request.duration_s * request.fps))
         invented = assign_invented_faces(request, self.invented_pool)
+        flaws = draw_flaws(
+            self.imperfection,
+            request.project_id,
+            request.scene_index,
+            request.seed,
+            [c.tag for c in request.characters],
+        )
         faces: list[tuple[str, Image.Image]] = []
         appearances: dict[str, str] = {}
         for character in request.characters:
             if character.reference_image is not None:
-                faces.append((character.tag, _load_reference(character)))
-                appearances[character.tag] = "reference"
+                face, appearances[character.tag] = _load_reference(character), "reference"
             else:
-                faces.append((character.tag, stock_face(invented[character.tag])))
+                face = stock_face(invented[character.tag])
                 appearances[character.tag] = f"invented:{invented[character.tag]}"
+            faces.append((character.tag, face))
+        if flaws.any:
+            faces = _apply_flaws(flaws, faces, appearances, _stock_in_use(request, invented))
         frames = _Frames(request, faces, frame_count)
         output = Path(request.output_path)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -342,6 +357,52 @@ class ProceduralGenerator:
                 frame.time_base = Fraction(1, frames.fps)
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
+
+
+def _stock_in_use(request: ClipRequest, invented: dict[str, str]) -> set[str]:
+    """Stock faces the clip already shows (a look-alike or an extra person borrows from the others)."""
+    used = set(invented.values())
+    for c in request.characters:
+        if c.reference_image is not None and is_stock_uri(str(c.reference_image)):
+            used.add(str(c.reference_image).rsplit("/", 1)[-1])
+    return used
+
+
+def _apply_flaws(
+    flaws: SceneFlaws, faces: list[tuple[str, Image.Image]], appearances: dict[str, str], in_use: set[str]
+) -> list[tuple[str, Image.Image]]:
+    """The faces to draw once the clip's flaws are applied; `appearances` records each flaw."""
+    donors = [name for name in STOCK_FACES if name not in in_use] or list(STOCK_FACES)
+    out = []
+    for tag, face in faces:
+        if tag in flaws.missing:
+            appearances[tag] = "missing"
+            continue
+        drift = flaws.drift.get(tag)
+        if drift is not None:
+            face, note = _drifted(face, drift, donors)
+            appearances[tag] = f"{appearances[tag]}+{note}"
+        out.append((tag, face))
+    for n, pick in enumerate(flaws.extras, start=1):
+        name = donors[pick % len(donors)]
+        out.append((f"extra-{n}", stock_face(name)))
+        appearances[f"extra-{n}"] = f"extra:{name}"
+    return out
+
+
+def _drifted(face: Image.Image, drift: Drift, donors: list[str]) -> tuple[Image.Image, str]:
+    """A look-alike (the face blended with another person's) or a perturbed face, and its description."""
+    face = face.convert("RGB")
+    if drift.kind == "lookalike":
+        name = donors[drift.other % len(donors)]
+        other = stock_face(name).convert("RGB").resize(face.size, Image.Resampling.LANCZOS)
+        return Image.blend(face, other, drift.strength), f"lookalike:{name}"
+    # Perturbed: narrower, colour-shifted and slightly soft, as a model that half-remembers a face draws it.
+    width = max(8, round(face.width * drift.squeeze))
+    squeezed = face.resize((width, face.height), Image.Resampling.LANCZOS)
+    pixels = np.asarray(squeezed, dtype=np.int16) + np.asarray(drift.shift, dtype=np.int16)
+    shifted = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    return shifted.filter(ImageFilter.GaussianBlur(radius=1.0 + 2.0 * drift.strength)), "perturbed"
 
 
 def _prefetch(render: Callable[[int], Image.Image], count: int, depth: int = 4) -> Iterator[Image.Image]:
