@@ -20,10 +20,10 @@ def similarity_matrix(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
         (n, m) float32 similarities clipped to [0, 1].
 
     """
-    a = np.asarray(a, dtype=np.float32).reshape(len(a), -1)
-    b = np.asarray(b, dtype=np.float32).reshape(len(b), -1)
-    if a.size == 0 or b.size == 0:
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    if a.size == 0 or b.size == 0:  # before reshape: numpy cannot infer -1 for an empty array
         return np.zeros((len(a), len(b)), dtype=np.float32)
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
     if metric == "cosine":
         an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
         bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)

@@ -63,6 +63,13 @@ def test_registered_face_matches_and_the_unknown_face_becomes_one_candidate_with
     assert result["continuity"]["score"] is not None and "visual" in result["continuity"]["missing"]
 
 
+def test_against_an_empty_registry_both_faces_become_candidates_and_nothing_degrades(rendered, engine) -> None:
+    # A manifest with no assets yet (every character reference-less): there is nothing to match against.
+    result = analyze_clip({**request(), "registry": [], "crops_dir": "crops-empty"}, rendered, engine, max_frames=8)
+    assert result["status"] == "ok", result.get("reason")
+    assert result["matches"] == [] and len(result["candidates"]) == 2
+
+
 def test_a_rerun_writes_the_same_crop_instead_of_a_new_one(rendered, engine) -> None:
     analyze_clip(request(), rendered, engine, max_frames=8)
     assert sorted(p.name for p in (rendered / "crops").iterdir()) == ["c0.png"]

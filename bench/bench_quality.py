@@ -1,0 +1,222 @@
+"""What the quality loop buys: cross-scene face consistency, adherence, identity, attempts and wall time per setup.
+
+One run takes the bundled set (bench/quality_set/: 5 projects x 6 scenes with recurring reference-less
+characters) through up to four setups, each on a fresh embedded stack with real worker processes and the
+procedural generator's imperfection on: no enrichment, enrichment, enrichment + quality gate, enrichment +
+K candidates. The gate and candidate setups pass the storyboard's `quality:` block (issue 12, items 2
+and 3); an installation without it prints why and skips those rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+from common import Stack, wait_projects  # same folder
+from sqlalchemy import func, inspect, select
+
+from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.db.models import Base, Project, Scene, TaskRun
+from vidpipe_tasks.db.session import session_scope
+from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings
+from vidpipe_tasks.storyboard import load_storyboard
+from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
+from vidpipe_tasks.workflow import create_project, enqueue_project
+
+QUALITY_SET = Path(__file__).resolve().parent / "quality_set"
+
+
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    enrichment: bool
+    quality: dict | None  # the storyboard's project-level `quality:` block (None: not sent)
+
+
+def setups(args: argparse.Namespace) -> dict[str, Setup]:
+    gate = {"min_identity": args.min_identity, "min_adherence": args.min_adherence}
+    return {
+        s.name: s
+        for s in (
+            Setup("no-enrichment", False, None),
+            Setup("enrichment", True, None),
+            Setup("enrichment+gate", True, {**gate, "max_attempts": args.max_attempts, "candidates": 1}),
+            Setup("enrichment+candidates", True, {**gate, "max_attempts": 1, "candidates": args.candidates}),
+        )
+    }
+
+
+@dataclass(frozen=True)
+class Figures:
+    setup: str
+    projects: int
+    scenes: int
+    consistency: float | None  # mean over projects of Project.face_consistency
+    scored_projects: int  # projects with a consistency (a character seen in two scenes)
+    per_project: dict[str, float | None]
+    adherence: float | None  # mean over scenes of the continuity components
+    identity: float | None
+    attempts_per_scene: float
+    attempts_source: str
+    wall_s: float
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def write_boards(home: Path, quality: dict | None) -> list[Path]:
+    """The bundled storyboards copied into the run's folder, with the setup's quality block."""
+    paths = []
+    for source in sorted(QUALITY_SET.glob("*.yaml")):
+        board = yaml.safe_load(source.read_text())
+        if quality is not None:
+            board["quality"] = quality
+        path = home / source.name
+        path.write_text(yaml.safe_dump(board, sort_keys=False))
+        paths.append(path)
+    return paths
+
+
+def attempt_counts(settings: Settings) -> tuple[int, str]:
+    """Generation attempts in the run: rows of an attempt table where the schema has one, else generate runs."""
+    with session_scope(settings.database_url) as s:
+        tables = [
+            t
+            for name, t in Base.metadata.tables.items()
+            if "attempt" in name and {"project_id", "scene_index"} <= set(t.columns.keys())
+        ]
+        present = set(inspect(s.get_bind()).get_table_names())
+        for table in tables:
+            if table.name in present:
+                return s.scalar(select(func.count()).select_from(table)), f"rows of {table.name}"
+        starts = s.scalar(select(func.sum(TaskRun.attempts)).where(TaskRun.task_name.like("%generate%")))
+        return int(starts or 0), "generate task starts (task_runs)"
+
+
+def run_setup(setup: Setup, args: argparse.Namespace) -> Figures:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        settings: Settings = replace(
+            Stack(setup.name).settings(home),
+            enrichment=setup.enrichment,
+            imperfection_drift=args.drift,
+            imperfection_missing=args.missing,
+            imperfection_extra=args.extra,
+            imperfection_seed=args.seed,
+        )
+        ids = [create_project(settings, path, load_storyboard(path)) for path in write_boards(home, setup.quality)]
+        logs = home / "logs"
+        workers = [
+            start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
+            *(start_worker(settings, f"cv{i}", [CV_QUEUE], logs) for i in range(args.cv_workers)),
+        ]
+        try:
+            wait_ready(workers)
+            app = create_app(settings)
+            t0 = time.perf_counter()
+            for project_id in ids:
+                enqueue_project(app, settings, project_id)
+            wait_projects(settings, ids, workers)
+            wall = time.perf_counter() - t0
+        finally:
+            stop_workers(workers)
+        attempts, source = attempt_counts(settings)
+        with session_scope(settings.database_url) as s:
+            projects = [s.get(Project, i) for i in ids]
+            scenes = list(s.scalars(select(Scene).where(Scene.project_id.in_(ids))))
+            components = [
+                ((sc.scene_manifest.cv_analysis_json or {}).get("continuity") or {}).get("components") or {}
+                for sc in scenes
+                if sc.scene_manifest is not None
+            ]
+            return Figures(
+                setup=setup.name,
+                projects=len(projects),
+                scenes=len(scenes),
+                consistency=_mean([p.face_consistency for p in projects]),
+                scored_projects=sum(p.face_consistency is not None for p in projects),
+                per_project={p.title: p.face_consistency for p in projects},
+                adherence=_mean([c.get("adherence") for c in components]),
+                identity=_mean([c.get("identity") for c in components]),
+                attempts_per_scene=attempts / max(1, len(scenes)),
+                attempts_source=source,
+                wall_s=wall,
+            )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def refusal(setup: Setup) -> str | None:
+    """Why this installation cannot run the setup (its storyboard block is refused), or None."""
+    if setup.quality is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            load_storyboard(write_boards(Path(tmp), setup.quality)[0])
+        except ValueError as exc:
+            return f"the storyboard's quality block is refused here ({str(exc).splitlines()[0][:160]})"
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--setups", default="no-enrichment,enrichment,enrichment+gate,enrichment+candidates")
+    parser.add_argument("--drift", type=float, default=0.1, help="VIDPIPE_IMPERFECTION_DRIFT")
+    parser.add_argument("--missing", type=float, default=0.05, help="VIDPIPE_IMPERFECTION_MISSING")
+    parser.add_argument("--extra", type=float, default=0.05, help="VIDPIPE_IMPERFECTION_EXTRA")
+    parser.add_argument("--seed", type=int, default=0, help="VIDPIPE_IMPERFECTION_SEED")
+    parser.add_argument("--min-identity", type=float, default=0.5, help="gate: quality.min_identity")
+    parser.add_argument("--min-adherence", type=float, default=1.0, help="gate: quality.min_adherence")
+    parser.add_argument("--max-attempts", type=int, default=3, help="gate: quality.max_attempts")
+    parser.add_argument("--candidates", type=int, default=3, help="candidates: quality.candidates")
+    parser.add_argument("--cv-workers", type=int, default=1)
+    parser.add_argument("--per-project", action="store_true", help="also print each project's consistency")
+    args = parser.parse_args()
+    known = setups(args)
+    chosen = [known[name] for name in args.setups.split(",")]
+    boards = sorted(QUALITY_SET.glob("*.yaml"))
+    print(f"bench_quality {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.machine()}, {len(boards)} projects")
+    print(
+        f"imperfection drift={args.drift} missing={args.missing} extra={args.extra} seed={args.seed}; "
+        f"1 gen+registry worker, {args.cv_workers} cv worker(s), embedded broker"
+    )
+    results = []
+    for setup in chosen:
+        why = refusal(setup)
+        if why:
+            print(f"{setup.name}: skipped: {why}")
+            continue
+        results.append(run_setup(setup, args))
+        print(f"{setup.name}: done in {results[-1].wall_s:.1f} s", flush=True)
+    print()
+    print("| setup | consistency | projects scored | adherence | identity | attempts/scene | wall s |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for f in results:
+        print(
+            f"| {f.setup} | {_fmt(f.consistency)} | {f.scored_projects}/{f.projects} | {_fmt(f.adherence)} | "
+            f"{_fmt(f.identity)} | {f.attempts_per_scene:.2f} | {f.wall_s:.1f} |"
+        )
+    if results:
+        print(f"\nattempts counted from: {results[0].attempts_source}")
+        base = next((f for f in results if f.setup == "no-enrichment"), None)
+        for f in results:
+            if base is not None and f is not base and f.consistency is not None and base.consistency is not None:
+                print(f"consistency {f.setup} - no-enrichment: {f.consistency - base.consistency:+.3f}")
+    if args.per_project:
+        for f in results:
+            print(f"\n{f.setup}: " + ", ".join(f"{t}: {_fmt(v)}" for t, v in f.per_project.items()))
+
+
+if __name__ == "__main__":
+    main()
