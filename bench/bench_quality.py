@@ -23,11 +23,11 @@ from common import Stack, wait_projects  # same folder
 from sqlalchemy import func, inspect, select
 
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import Base, Project, Scene, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workers import start_worker, stop_workers, wait_ready
 from vidpipe_tasks.workflow import create_project, enqueue_project
 
 QUALITY_SET = Path(__file__).resolve().parent / "quality_set"
@@ -66,6 +66,7 @@ class Figures:
     attempts_per_scene: float
     attempts_source: str
     wall_s: float
+    flaws: dict[str, int]  # imperfections drawn in the kept clips (from each clip's appearances)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -84,6 +85,16 @@ def write_boards(home: Path, quality: dict | None) -> list[Path]:
         path.write_text(yaml.safe_dump(board, sort_keys=False))
         paths.append(path)
     return paths
+
+
+def flaw_counts(appearances: list[dict]) -> dict[str, int]:
+    """Drift, missing characters and extra people the generator drew, from the clips' appearance records."""
+    values = [v for a in appearances for v in a.values()]
+    return {
+        "drift": sum("+lookalike" in v or "+perturbed" in v for v in values),
+        "missing": sum(v == "missing" for v in values),
+        "extra": sum(v.startswith("extra:") for v in values),
+    }
 
 
 def attempt_counts(settings: Settings) -> tuple[int, str]:
@@ -150,6 +161,7 @@ def run_setup(setup: Setup, args: argparse.Namespace) -> Figures:
                 attempts_per_scene=attempts / max(1, len(scenes)),
                 attempts_source=source,
                 wall_s=wall,
+                flaws=flaw_counts([sc.clip.appearances or {} for sc in scenes if sc.clip is not None]),
             )
 
 
@@ -200,12 +212,13 @@ def main() -> None:
         results.append(run_setup(setup, args))
         print(f"{setup.name}: done in {results[-1].wall_s:.1f} s", flush=True)
     print()
-    print("| setup | consistency | projects scored | adherence | identity | attempts/scene | wall s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| setup | consistency | projects scored | adherence | identity | attempts/scene | wall s | flaws kept |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for f in results:
+        flaws = " ".join(f"{k}={v}" for k, v in f.flaws.items())
         print(
             f"| {f.setup} | {_fmt(f.consistency)} | {f.scored_projects}/{f.projects} | {_fmt(f.adherence)} | "
-            f"{_fmt(f.identity)} | {f.attempts_per_scene:.2f} | {f.wall_s:.1f} |"
+            f"{_fmt(f.identity)} | {f.attempts_per_scene:.2f} | {f.wall_s:.1f} | {flaws} |"
         )
     if results:
         print(f"\nattempts counted from: {results[0].attempts_source}")

@@ -194,3 +194,25 @@ def test_worker_logs_are_json_lines_naming_each_tasks_project_scene_and_worker(p
     for task_id in chain_runs:
         run = next(r for r in rows if r.task_id == task_id)
         assert by_task.get(task_id) == {(run.project_id, run.scene_index, run.worker)}, run.task_name
+
+
+def test_the_cross_scene_face_consistency_lands_in_the_database_and_in_status_json(pipeline_run: PipelineRun) -> None:
+    from tests.helpers import run_vidpipe
+    from vidpipe_tasks.consistency import face_consistency, project_faces
+
+    lighthouse = pipeline_run.lighthouse
+    with session_scope(pipeline_run.settings.database_url) as s:
+        project = s.get(Project, lighthouse)
+        faces = project_faces(s, lighthouse)
+        recorded = project.face_consistency
+    # Mara (scenes 1, 2, 4), Jonas (1, 3, 4) and Wren (registered in 2, reused in 3 and 4) all recur.
+    expected = face_consistency(faces)
+    assert set(expected["characters"]) == {"mara", "jonas", "wren"}
+    assert recorded is not None and abs(recorded - expected["score"]) < 1e-9
+    assert expected["characters"]["wren"]["scenes"] == [2, 3, 4]
+    shown = json.loads(run_vidpipe(pipeline_run.settings, "status", str(lighthouse), "--json").stdout)
+    assert shown["face_consistency"]["score"] == recorded
+    assert shown["face_consistency"]["characters"] == expected["characters"]
+    table = json.loads(run_vidpipe(pipeline_run.settings, "status", "--json").stdout)["projects"]
+    by_id = {p["project_id"]: p["face_consistency"] for p in table}
+    assert by_id[lighthouse] == recorded and by_id[pipeline_run.market] is None  # no manifest: no analysis

@@ -63,7 +63,7 @@ def test_status_without_a_project_shows_a_table_of_all_and_last_n_limits_it(tmp_
     home = tmp_path / "work"
     submitted(home, str(DATA / "ops_short.yaml"), str(DATA / "ops_batch.jsonl"))
     table = vidpipe(home, "status").stdout.splitlines()
-    assert table[0].split() == ["ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "SPEND", "AGE"]
+    assert table[0].split() == ["ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "FACES", "SPEND", "AGE"]
     assert [row.split()[0] for row in table[1:]] == ["1", "2", "3"]
     assert "Ops batch one" in table[2] and "0/2" in table[2] and "scene 1 generation pending" in table[2]
     last = json.loads(vidpipe(home, "status", "--last", "2", "--json").stdout)

@@ -39,11 +39,12 @@ def test_the_table_has_one_aligned_row_per_project() -> None:
             scenes_done=4,
             current_stage=None,
             continuity_mean=None,
+            face_consistency=0.915,
             age_s=7200,
         ),
     ]
     lines = render_table(rows).splitlines()
-    assert lines[0].split() == ["ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "SPEND", "AGE"]
+    assert lines[0].split() == ["ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "FACES", "SPEND", "AGE"]
     assert lines[1].split() == [
         "7",
         "Project",
@@ -55,10 +56,11 @@ def test_the_table_has_one_aligned_row_per_project() -> None:
         "analysis",
         "running",
         "0.88",
+        "-",
         "$0.00",
         "1m",
     ]
-    assert lines[2].split()[-5:] == ["4/4", "-", "-", "$0.00", "2h"]
+    assert lines[2].split()[-6:] == ["4/4", "-", "-", "0.92", "$0.00", "2h"]
     assert "A title much longer than the co…" in lines[2]
     assert lines[1].index("RUNNING") == lines[2].index("COMPLETED") == lines[0].index("STATUS")
 

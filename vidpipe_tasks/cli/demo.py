@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings, load_settings
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+#: The demo's generator fails now and then, as real models do (docs/generators.md "Imperfection").
+DEMO_IMPERFECTION = {"imperfection_drift": 0.1, "imperfection_missing": 0.05, "imperfection_extra": 0.05}
 
 
 def example_paths() -> list[Path]:
@@ -20,7 +23,7 @@ def example_paths() -> list[Path]:
 
 
 def _embedded_settings(work_dir: Path) -> Settings:
-    base = load_settings({"VIDPIPE_HOME": str(work_dir)})
+    base = replace(load_settings({"VIDPIPE_HOME": str(work_dir)}), **DEMO_IMPERFECTION)
     os.environ.update(base.as_env())
     return base
 
@@ -121,7 +124,9 @@ def print_summary(statuses: list[dict]) -> None:
     """Per scene: references used, characters matched, assets registered, continuity."""
     print("\n=== summary ===")
     for project in statuses:
-        print(f"project {project['project_id']}: {project['title']} — {project['status']}")
+        faces = project.get("face_consistency") or {}
+        consistency = f"; face consistency {_score(faces['score'])}" if faces else ""
+        print(f"project {project['project_id']}: {project['title']} — {project['status']}{consistency}")
         for sc in project["scenes"]:
             if sc["stages"]["analysis"] == "SKIPPED":
                 print(f"  scene {sc['scene_index']}: generated; no manifest, so no CV analysis")

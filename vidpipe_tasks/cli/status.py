@@ -156,9 +156,18 @@ def project_status(session: Session, project_id: int) -> dict:
         "generator": board.get("generator"),
         "budget_usd": board.get("budget_usd"),
         "spend_usd": _spend(jobs),
+        "face_consistency": _face_consistency(project),
         "scenes": [_scene(sc, runs, jobs) for sc in project.scenes],
         "project_tasks": [_task(r) for r in runs if r.scene_index is None],
     }
+
+
+def _face_consistency(project: Project) -> dict | None:
+    """The cross-scene face consistency recorded at finalize (vidpipe_tasks.consistency); None before it."""
+    detail = project.face_consistency_detail
+    if detail is None:
+        return None
+    return {"score": project.face_consistency, "characters": detail.get("characters", {})}
 
 
 def _recovery(project: Project) -> dict:
@@ -189,6 +198,13 @@ def render_text(status: dict) -> str:
     if status.get("spend_usd") or status.get("budget_usd") is not None:
         budget = status.get("budget_usd")
         lines.append(f"  spend: ${status['spend_usd']:.2f}" + (f" of ${budget:.2f}" if budget is not None else ""))
+    faces = status.get("face_consistency")
+    if faces is not None:
+        per = ", ".join(
+            f"{tag} {c['score']:.2f} over scenes {','.join(map(str, c['scenes']))}"
+            for tag, c in faces["characters"].items()
+        )
+        lines.append(f"  face consistency: {_fmt_score(faces['score'])}" + (f" ({per})" if per else ""))
     for sc in status["scenes"]:
         st = sc["stages"]
         refs = ", ".join(f"{c}->{t}" for c, t in sc["selected_reference_tags"].items()) or "-"
@@ -249,6 +265,7 @@ def _summary(project: Project, scenes: list[tuple[Scene, float | None]], now: da
         "scenes_done": sum(1 for _, st in stages if st["registry"] in ("DONE", "SKIPPED")),
         "current_stage": None if ended else current_stage(stages),
         "continuity_mean": sum(scores) / len(scores) if scores else None,
+        "face_consistency": project.face_consistency,
         "spend_usd": round(spend, 4),
         "created_at": _iso(project.created_at),
         "finished_at": _iso(project.finished_at),
@@ -334,7 +351,7 @@ def _stage_text(stage: dict | None) -> str:
 
 def render_table(summaries: list[dict], title_width: int = 32) -> str:
     """The project table of `vidpipe status` (no project, several, or --last N)."""
-    header = ("ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "SPEND", "AGE")
+    header = ("ID", "TITLE", "STATUS", "SCENES", "STAGE", "CONTINUITY", "FACES", "SPEND", "AGE")
     rows = [
         (
             str(p["project_id"]),
@@ -343,6 +360,7 @@ def render_table(summaries: list[dict], title_width: int = 32) -> str:
             f"{p['scenes_done']}/{p['scenes_total']}",
             _stage_text(p["current_stage"]),
             "-" if p["continuity_mean"] is None else f"{p['continuity_mean']:.2f}",
+            "-" if p.get("face_consistency") is None else f"{p['face_consistency']:.2f}",
             f"${p.get('spend_usd', 0.0):.2f}",
             format_age(p["age_s"]),
         )
@@ -351,7 +369,7 @@ def render_table(summaries: list[dict], title_width: int = 32) -> str:
     if not rows:
         return "no projects"
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right = {0, 3, 5, 6, 7}  # numbers line up on the right
+    right = {0, 3, 5, 6, 7, 8}  # numbers line up on the right
     return "\n".join(
         "  ".join(
             cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=True))
