@@ -24,6 +24,7 @@ from sqlalchemy import func, inspect, select
 
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.cli.workers import start_worker, stop_workers, wait_ready
+from vidpipe_tasks.consistency import project_faces
 from vidpipe_tasks.db.models import Base, Project, Scene, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import CV_QUEUE, GENERATION_QUEUE, REGISTRY_QUEUE, Settings
@@ -67,6 +68,7 @@ class Figures:
     attempts_source: str
     wall_s: float
     flaws: dict[str, int]  # imperfections drawn in the kept clips (from each clip's appearances)
+    attributed: float  # share of declared (scene, character) pairs with a face the metric could use
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -95,6 +97,16 @@ def flaw_counts(appearances: list[dict]) -> dict[str, int]:
         "missing": sum(v == "missing" for v in values),
         "extra": sum(v.startswith("extra:") for v in values),
     }
+
+
+def attributed_share(session, ids: list[int], scenes: list[Scene]) -> float:
+    """Declared (scene, character) pairs for which analysis attributed a face to the character, over all.
+
+    The consistency metric only sees attributed faces; a low share means it judged a few lucky scenes.
+    """
+    seen = {(i, f.scene_index, f.character) for i in ids for f in project_faces(session, i)}
+    declared = [(sc.project_id, sc.scene_index, c) for sc in scenes for c in sc.characters]
+    return sum(d in seen for d in declared) / max(1, len(declared))
 
 
 def attempt_counts(settings: Settings) -> tuple[int, str]:
@@ -162,6 +174,7 @@ def run_setup(setup: Setup, args: argparse.Namespace) -> Figures:
                 attempts_source=source,
                 wall_s=wall,
                 flaws=flaw_counts([sc.clip.appearances or {} for sc in scenes if sc.clip is not None]),
+                attributed=attributed_share(s, ids, scenes),
             )
 
 
@@ -212,12 +225,16 @@ def main() -> None:
         results.append(run_setup(setup, args))
         print(f"{setup.name}: done in {results[-1].wall_s:.1f} s", flush=True)
     print()
-    print("| setup | consistency | projects scored | adherence | identity | attempts/scene | wall s | flaws kept |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        "| setup | consistency | faces attributed | projects scored | adherence | identity | attempts/scene"
+        " | wall s | flaws kept |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for f in results:
         flaws = " ".join(f"{k}={v}" for k, v in f.flaws.items())
         print(
-            f"| {f.setup} | {_fmt(f.consistency)} | {f.scored_projects}/{f.projects} | {_fmt(f.adherence)} | "
+            f"| {f.setup} | {_fmt(f.consistency)} | {f.attributed:.0%} | {f.scored_projects}/{f.projects} | "
+            f"{_fmt(f.adherence)} | "
             f"{_fmt(f.identity)} | {f.attempts_per_scene:.2f} | {f.wall_s:.1f} | {flaws} |"
         )
     if results:
