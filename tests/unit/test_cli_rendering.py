@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 
-from vidpipe_tasks.cli.status import current_stage, format_age, render_table
+from vidpipe_tasks.cli.status import current_stage, format_age, render_table, render_text
 from vidpipe_tasks.cli.wait import PlainProgress, TtyProgress, elapsed_and_eta, progress_line
 
 
@@ -148,3 +148,11 @@ def test_in_logs_only_a_change_of_state_prints_a_line_not_the_clock_moving() -> 
     plain.update({1: "p1 11s ETA 5m"}, set(), keys={1: "p1"})
     plain.update({1: "p1 done in 12s"}, {1}, keys={1: "p1 done"})
     assert out.getvalue().splitlines() == ["p1 10s ETA 5m", "p1 done in 12s"]
+
+
+def test_the_project_view_shows_the_face_consistency_per_character_once_finalized() -> None:
+    base = {"project_id": 3, "status": "COMPLETED", "title": "T", "scenes": []}
+    wren = {"score": 0.891, "scenes": [2, 3, 4], "pairs": 3, "engine": "dlib-offline"}
+    shown = render_text({**base, "face_consistency": {"score": 0.8765, "characters": {"wren": wren}}})
+    assert "  face consistency: 0.88 (wren 0.89 over scenes 2,3,4)" in shown.splitlines()
+    assert "face consistency" not in render_text({**base, "face_consistency": None})
