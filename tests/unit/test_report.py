@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
@@ -126,3 +127,12 @@ def test_a_project_not_yet_run_still_gets_a_report_of_its_pending_scenes(setting
     assert page == build_report(settings, project_id)
     assert page.count('class="scene"') == 3 and "generation PENDING" in page
     assert "no sampled frames recorded" in page and "no scene registered yet" in page
+
+
+def test_the_summary_gives_the_face_consistency_per_character_or_says_it_is_missing() -> None:
+    wren = {"score": 0.891, "scenes": [2, 3, 4], "pairs": 3, "engine": "dlib-offline"}
+    measured = replace(project(scene()), face_consistency=0.8765, face_consistency_characters={"wren": wren})
+    row = '<tr data-key="face consistency"><th>face consistency</th><td>'
+    page = render_html(measured, lambda s: ({}, None), lambda rel: None)
+    assert row + "0.88 (wren 0.89 in scenes 2, 3, 4)</td>" in page
+    assert row + "missing</td>" in render_html(project(scene()), lambda s: ({}, None), lambda rel: None)

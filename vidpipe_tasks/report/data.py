@@ -120,6 +120,9 @@ class ProjectData:
     finished_at: datetime | None
     scenes: list[SceneData]
     growth: list[GrowthPoint]
+    #: Cross-scene face consistency recorded at finalize (docs/status-json.md): score, per character.
+    face_consistency: float | None = None
+    face_consistency_characters: dict[str, dict] = field(default_factory=dict)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -287,4 +290,6 @@ def load_project(session: Session, project_id: int) -> ProjectData:
         finished_at=_utc(project.finished_at),
         scenes=[_scene(sc, tag_of, appearances, runs) for sc in project.scenes],
         growth=_growth(project, assets),
+        face_consistency=project.face_consistency,
+        face_consistency_characters=dict((project.face_consistency_detail or {}).get("characters") or {}),
     )

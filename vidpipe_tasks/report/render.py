@@ -171,6 +171,17 @@ def _growth(points: list[GrowthPoint]) -> str:
     )
 
 
+def _consistency(project: ProjectData) -> str:
+    """The cross-scene face consistency and its characters, e.g. "0.88 (wren 0.89 in scenes 2, 3, 4)"."""
+    if project.face_consistency is None:
+        return "missing"
+    per = "; ".join(
+        f"{tag} {_fmt(c.get('score'))} in scenes {', '.join(map(str, c.get('scenes', [])))}"
+        for tag, c in project.face_consistency_characters.items()
+    )
+    return f"{_fmt(project.face_consistency)}" + (f" ({per})" if per else "")
+
+
 def _summary(project: ProjectData) -> str:
     scenes = project.scenes
     scores = [s.continuity_score for s in scenes if s.continuity_score is not None]
@@ -184,6 +195,7 @@ def _summary(project: ProjectData) -> str:
         "scenes": str(len(scenes)),
         "degraded scenes": ", ".join(str(s.index) for s in scenes if s.degraded_reason) or "none",
         "mean continuity": _fmt(mean(scores)) if scores else "missing",
+        "face consistency": _consistency(project),
         "new assets": ", ".join(new) or "none",
         "assets recognised": ", ".join(recognised) or "none",
         "task time": f"{seconds:.1f} s",
