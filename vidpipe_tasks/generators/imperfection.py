@@ -5,6 +5,10 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vidpipe_tasks.settings import Settings
 
 #: Kinds of identity drift: the face blended with another person's ("lookalike") or distorted ("perturbed").
 DRIFT_KINDS = ("lookalike", "perturbed")
@@ -38,7 +42,7 @@ class Imperfection:
         return bool(self.drift or self.missing or self.extra)
 
     @classmethod
-    def from_settings(cls, settings: object) -> Imperfection:
+    def from_settings(cls, settings: Settings) -> Imperfection:
         return cls(
             drift=settings.imperfection_drift,
             missing=settings.imperfection_missing,
