@@ -218,7 +218,7 @@ class PipelineTask(Task):
 
         """
         project_id, scene_index = _ids(args)
-        next_id = self._next_task_id()
+        next_ids = [first_task_id(link) for link in self.next_links()]
         delivery = self.request.delivery_info or {}
 
         def write() -> str | None:
@@ -228,7 +228,8 @@ class PipelineTask(Task):
                 run = s.scalar(select(TaskRun).where(TaskRun.task_id == task_id))
                 if project is not None and epoch is not None and epoch != project.chain_epoch:
                     return self._close(s, run, task_id, args, "stale", f"chain epoch {epoch} superseded")
-                if run is not None and run.outcome in FINISHED and (next_id is None or _has_run(s, next_id)):
+                went_on = not next_ids or any(i is None or _has_run(s, i) for i in next_ids)
+                if run is not None and run.outcome in FINISHED and went_on:
                     return self._close(s, run, task_id, args, "duplicate", "redelivery of a finished task")
                 if run is None:
                     run = self._new_run(s, task_id)
@@ -341,10 +342,13 @@ class PipelineTask(Task):
         s.add(run)
         return run
 
-    def _next_task_id(self) -> str | None:
-        # Celery keeps the rest of the chain reversed in the message; the next link is the last entry.
-        chain = self.request.chain or []
-        return first_task_id(chain[-1]) if chain else None
+    def next_links(self) -> list[dict]:
+        """The links this task may send next; a finished run whose chain started any of them is a duplicate.
+
+        Celery keeps the rest of the chain reversed in the message; the next link is the last entry. A task
+        that removes links before sending the next one (the pick of a kept attempt) names them all.
+        """
+        return list((self.request.chain or [])[-1:])
 
     # -- retries --------------------------------------------------------------------------------------------
 

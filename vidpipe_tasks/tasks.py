@@ -125,7 +125,19 @@ def analyze_candidate(self: PipelineTask, ref: dict) -> dict:
     return candidates.record_analysis(settings, ref, request, analysis)
 
 
-@app.task(base=PipelineTask, bind=True, name="vidpipe.pick_attempt")
+class PickTask(PipelineTask):
+    """The pick's next link is its scene's next round or, once it keeps an attempt, its register_entities."""
+
+    def next_links(self) -> list[dict]:
+        links = []
+        for link in reversed(self.request.chain or []):
+            links.append(link)
+            if link.get("task") == "vidpipe.register_entities":
+                break
+        return links
+
+
+@app.task(base=PickTask, bind=True, name="vidpipe.pick_attempt")
 def pick_attempt(self: PipelineTask, ref: dict) -> dict:
     """After a round: keep the best attempt (then register it) or go on to the next round's candidates."""
     result, _ = candidates.pick_attempt(_settings(), ref)
