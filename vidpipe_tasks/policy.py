@@ -487,6 +487,8 @@ def first_task_id(signature: object) -> str | None:
     finished task must look at the first candidate, which runs as soon as the chord is sent, not at the
     chord's callback.
     """
+    if isinstance(signature, list | tuple):  # a chord's header before it became a group
+        return first_task_id(signature[0]) if signature else None
     if not isinstance(signature, dict):
         return None
     kind, kwargs = signature.get("subtask_type"), signature.get("kwargs") or {}
