@@ -12,6 +12,7 @@ from tests.unit.test_message_trust import BOARD, new_project, vector
 from tests.unit.test_message_trust import payload as analysis_payload
 from vidpipe_tasks import candidates, media
 from vidpipe_tasks.celery_app import create_app
+from vidpipe_tasks.cli.status import load_status, render_text
 from vidpipe_tasks.db.models import Asset, AssetAppearance, Scene, SceneAttempt, StageStatus
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.errors import MessageIgnored, PermanentStageError
@@ -268,6 +269,11 @@ def test_the_pick_keeps_the_best_attempt_and_only_it_is_registered(settings, tmp
         assert scene.registry_status == StageStatus.DONE
     assert again["new_asset_tags"] == ["bo"] and appearances == 1
     assert [a.reference_image for a in assets] == [f"{media.attempt_crops_dir(pid, 1, 2)}/c0.png"]
+    # Both attempts are in the status, the kept one marked, in JSON and in the text view.
+    status = load_status(settings, pid)
+    shown = [(a["attempt"], a["kept"], a["passed_gate"]) for a in status["scenes"][0]["attempts"]]
+    assert shown == [(1, False, True), (2, True, True)] and status["quality"]["candidates"] == 2
+    assert "attempt 2 (round 1, seed" in render_text(status) and "KEPT" in render_text(status)
 
 
 def test_a_round_below_the_gate_is_not_kept_and_all_failed_fails_the_scene(settings, tmp_path) -> None:
