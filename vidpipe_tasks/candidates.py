@@ -26,6 +26,7 @@ from vidpipe_tasks.db.models import (
 )
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.errors import MessageIgnored, PermanentStageError, TransientError
+from vidpipe_tasks.payloads import CandidateRef, CandidateResult, KeptAttempt, PickRef
 from vidpipe_tasks.quality import (
     AttemptScore,
     Decision,
@@ -56,7 +57,7 @@ def attempt_ids(payload: object) -> tuple[int, int, int]:
     return project_id, scene_index, attempt
 
 
-def attempt_ref(row: SceneAttempt, **extra: object) -> dict:
+def attempt_ref(row: SceneAttempt, **extra: object) -> CandidateRef:
     """The JSON that travels from generate_candidate to analyze_candidate: ids and paths only."""
     return {
         "project_id": row.project_id,
@@ -126,7 +127,7 @@ def _clip_complete(settings: Settings, row: SceneAttempt) -> bool:
 # -- generate -----------------------------------------------------------------------------------------------
 
 
-def generate_attempt(settings: Settings, payload: dict) -> dict:
+def generate_attempt(settings: Settings, payload: CandidateRef) -> CandidateRef:
     """Render one attempt of a scene (its own seed, clip path and provider job); reuse a complete one.
 
     With a remote generator this runs once per poll, as generate_clip does (JobPending in between).
@@ -213,7 +214,7 @@ def attempt_cost(session: Session, project_id: int, scene_index: int, attempt: i
     return round(float(total or 0.0), 4)
 
 
-def record_failure(settings: Settings, payload: dict, reason: str) -> dict | None:
+def record_failure(settings: Settings, payload: CandidateRef, reason: str) -> CandidateRef | None:
     """Mark an attempt failed for good; returns the failed-candidate result the chain passes on.
 
     None when the payload names no attempt (the policy then fails the task as usual).
@@ -239,7 +240,7 @@ def _require_manifest(scene: Scene, task: str) -> None:
 # -- analyse ------------------------------------------------------------------------------------------------
 
 
-def analysis_input(settings: Settings, payload: dict) -> dict | None:
+def analysis_input(settings: Settings, payload: CandidateRef) -> dict | None:
     """The CV worker's input for one attempt's clip; None when there is nothing to analyse.
 
     Nothing to analyse: the attempt failed, was analysed already (a redelivery), or the scene is registered.
@@ -263,7 +264,9 @@ def analysis_input(settings: Settings, payload: dict) -> dict | None:
         return registry_request(s, settings, scene, row.clip_path, crops)
 
 
-def record_analysis(settings: Settings, payload: dict, request: dict | None, analysis: dict | None) -> dict:
+def record_analysis(
+    settings: Settings, payload: CandidateRef, request: dict | None, analysis: dict | None
+) -> CandidateResult:
     """Store an attempt's analysis and scores (first one wins); returns the small result the chord collects.
 
     Args:
@@ -276,6 +279,9 @@ def record_analysis(settings: Settings, payload: dict, request: dict | None, ana
     project_id, scene_index, attempt = attempt_ids(payload)
     with session_scope(settings.database_url) as s:
         row = _find_row(s, project_id, scene_index, attempt)
+        if row is None and payload.get("state") == "registered" and _registered(load_scene(s, project_id, scene_index)):
+            # A late candidate of a scene registered meanwhile: nothing recorded, nothing to do.
+            return {**_ids(project_id, scene_index, attempt), "outcome": "registered", "score": None, "reason": None}
         if row is None:
             raise MessageIgnored(f"attempt {attempt} of scene {scene_index} was never generated")
         if analysis is not None and row.state == GENERATED:
@@ -289,7 +295,11 @@ def record_analysis(settings: Settings, payload: dict, request: dict | None, ana
         return _small_result(row)
 
 
-def _small_result(row: SceneAttempt) -> dict:
+def _ids(project_id: int, scene_index: int, attempt: int) -> dict:
+    return {"project_id": project_id, "scene_index": scene_index, "attempt": attempt}
+
+
+def _small_result(row: SceneAttempt) -> CandidateResult:
     outcome = {ANALYSED: "ok", FAILED: "failed"}.get(row.state, row.state)
     if row.state == ANALYSED and (row.summary or {}).get("status") != "ok":
         outcome = "degraded"
@@ -320,7 +330,7 @@ def scores_of(rows: list[SceneAttempt], attempts: range) -> list[AttemptScore]:
     return scores
 
 
-def pick_attempt(settings: Settings, payload: dict) -> tuple[dict, Decision]:
+def pick_attempt(settings: Settings, payload: PickRef) -> tuple[PickRef | KeptAttempt, Decision]:
     """After a round: keep the best attempt so far (and make it the scene's clip), or ask for another round.
 
     Returns:
