@@ -361,12 +361,22 @@ def pick_attempt(settings: Settings, payload: PickRef) -> tuple[PickRef | KeptAt
             if row is not None and row.state == ANALYSED:
                 row.passed_gate = passes_gate(policy, score)
         if decision.action == "fail":
+            if _skip_blocked(settings, rows):
+                # As a blocked scene of the plain chain: no clip, and the chain goes on (VIDPIPE_CONTENT_POLICY).
+                scene.generation_status = scene.analysis_status = scene.registry_status = StageStatus.SKIPPED
+                return {**ids, "final": True, "skipped": True, "reason": "content_policy"}, decision
             reasons = "; ".join(f"attempt {r.attempt}: {r.error}" for r in sorted(rows, key=lambda r: r.attempt))
             raise PermanentStageError("all_attempts_failed", f"{decision.reason}: {reasons}"[:2000])
         if decision.action == "next_round":
             return {**ids, "round": round_, "final": False}, decision
         _keep(scene, next(r for r in rows if r.attempt == decision.attempt))
         return {**ids, "attempt": decision.attempt, "final": True}, decision
+
+
+def _skip_blocked(settings: Settings, rows: list[SceneAttempt]) -> bool:
+    """Every attempt was blocked by content policy, and VIDPIPE_CONTENT_POLICY=skip-scene."""
+    blocked = [(r.error or "").startswith("content_policy") for r in rows]
+    return settings.content_policy == "skip-scene" and bool(blocked) and all(blocked)
 
 
 def _scene_rows(project_id: int, scene_index: int) -> tuple:

@@ -142,14 +142,20 @@ def pick_attempt(self: PipelineTask, ref: dict) -> dict:
     """After a round: keep the best attempt (then register it) or go on to the next round's candidates."""
     result, _ = candidates.pick_attempt(_settings(), ref)
     if result["final"]:
-        _drop_remaining_rounds(self)
+        _drop_remaining_rounds(self, with_registration=bool(result.get("skipped")))
     return result
 
 
-def _drop_remaining_rounds(task: PipelineTask) -> None:
-    """A kept attempt: the scene's later rounds (still in `request.chain`, before its register_entities) go."""
+def _drop_remaining_rounds(task: PipelineTask, with_registration: bool = False) -> None:
+    """A kept attempt: the scene's later rounds (still in `request.chain`, before its register_entities) go.
+
+    A skipped scene (every attempt blocked by content policy, VIDPIPE_CONTENT_POLICY=skip-scene) drops its
+    register_entities too; the next scene's links follow it.
+    """
     chain = task.request.chain or []
     while chain and chain[-1].get("task") != "vidpipe.register_entities":
+        chain.pop()
+    if with_registration and chain:
         chain.pop()
 
 

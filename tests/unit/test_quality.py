@@ -307,3 +307,20 @@ def test_candidate_messages_naming_no_valid_attempt_are_ignored(settings, tmp_pa
     with pytest.raises(MessageIgnored, match="no clip yet"):
         candidates.analysis_input(settings, {"project_id": pid, "scene_index": 1, "attempt": 1})
     assert candidates.record_failure(settings, {"project_id": pid, "scene_index": 1}, "boom") is None
+
+
+def test_a_scene_whose_every_attempt_content_policy_blocked_is_skipped_with_skip_scene(settings, tmp_path) -> None:
+    from dataclasses import replace
+
+    pid = new_project(settings, tmp_path, GATED)
+    for attempt in (1, 2):
+        ref = {"project_id": pid, "scene_index": 1, "attempt": attempt}
+        candidates.record_failure(settings, ref, "content_policy: blocked")
+    with pytest.raises(PermanentStageError, match="all_attempts_failed|every attempt"):
+        candidates.pick_attempt(settings, {"project_id": pid, "scene_index": 1, "round": 1})
+    skipping = replace(settings, content_policy="skip-scene")
+    result, _ = candidates.pick_attempt(skipping, {"project_id": pid, "scene_index": 1, "round": 1})
+    assert result["skipped"] and result["final"]
+    with session_scope(settings.database_url) as s:
+        scene = s.scalar(select(Scene).where(Scene.project_id == pid, Scene.scene_index == 1))
+        assert scene.generation_status == StageStatus.SKIPPED and scene.registry_status == StageStatus.SKIPPED
