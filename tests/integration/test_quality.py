@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from vidpipe_tasks.cli.workers import WorkerProcess, start_cv_launcher, start_wo
 from vidpipe_tasks.db.models import Asset, AssetAppearance, AssetSource, Project, Scene, SceneAttempt, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.quality import AttemptScore, best_attempt
+from vidpipe_tasks.report import build_report
 from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings
 from vidpipe_tasks.storyboard import load_storyboard
 from vidpipe_tasks.workflow import create_project, enqueue_project
@@ -203,6 +205,18 @@ def test_status_json_shows_every_attempt_and_the_kept_one(quality_run: QualityRu
     assert sum(a["kept"] for a in scene["attempts"]) == 1
     assert all(a["score"] is not None and a["cost_usd"] == 0.0 for a in scene["attempts"])
     json.dumps(status)
+
+
+def test_the_report_lists_every_attempt_and_marks_the_kept_one(quality_run: QualityRun) -> None:
+    page = build_report(quality_run.settings, quality_run.gate)
+    kept = {(sc, r.attempt) for (sc, _), r in attempts(quality_run, quality_run.gate).items() if r.kept}
+    sections = page.split('<section class="scene"')[1:]
+    shown = {
+        (index, int(n))
+        for index, section in enumerate(sections, start=1)
+        for n in re.findall(r'data-attempt="(\d+)" data-kept="1"', section)
+    }
+    assert shown == kept and page.count('<tr class="attempt') == 4
 
 
 # -- redelivery ---------------------------------------------------------------------------------------------

@@ -1,14 +1,14 @@
 """Quality attempts (gate rounds, candidates): scene_attempts; the attempt of candidate runs and of provider jobs.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0007 (main's head when this branch was rebased; the lead re-chains it at merge)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
