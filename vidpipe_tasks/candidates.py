@@ -150,6 +150,8 @@ def generate_attempt(settings: Settings, payload: CandidateRef) -> CandidateRef:
         if row.state in (GENERATED, ANALYSED) and _clip_complete(settings, row):
             return attempt_ref(row)
         relative = media.attempt_clip_path(project_id, scene_index, attempt)
+        if row.state == GENERATING and _adopt_orphan(settings, s, row, relative):
+            return attempt_ref(row)
         _remove_temps_of_killed_attempts(settings, media.attempt_dir(project_id, scene_index, attempt))
         if scene.project.status == ProjectStatus.PENDING:
             scene.project.status = ProjectStatus.RUNNING
@@ -180,6 +182,37 @@ def generate_attempt(settings: Settings, payload: CandidateRef) -> CandidateRef:
         row.state, row.generated_at, row.error = GENERATED, datetime.now(UTC), None
         s.flush()
         return attempt_ref(row)
+
+
+def _adopt_orphan(settings: Settings, session: Session, row: SceneAttempt, relative: str) -> bool:
+    """Record an attempt's clip that has no record (its render finished, the write after it did not).
+
+    Files appear only by atomic rename, so the clip is complete; rendering it again would pay twice.
+    """
+    path = media.absolute(settings.media_root, relative)
+    if not path.is_file():
+        return False
+    from vidpipe_tasks.generators.probe import probe_clip  # PyAV stays off the registry path
+
+    try:
+        frames, fps, width, height = probe_clip(path)
+    except Exception as exc:  # noqa: BLE001 - unreadable: render it again (replaced atomically)
+        log.warning("orphan clip %s is unreadable (%s); rendering the attempt again", relative, exc)
+        return False
+    log.info("attempt %s of scene %s: adopting orphan clip %s", row.attempt, row.scene_index, relative)
+    row.clip_path = relative
+    row.clip_info = {
+        "size_bytes": path.stat().st_size,
+        "frame_count": frames,
+        "fps": fps,
+        "width": width,
+        "height": height,
+        "generator": settings.generator,
+        "appearances": {"reconciled": "orphan clip adopted after a lost database write"},
+    }
+    row.cost = attempt_cost(session, row.project_id, row.scene_index, row.attempt)
+    row.state, row.generated_at = GENERATED, datetime.now(UTC)
+    return True
 
 
 def _choose_references(session: Session, settings: Settings, scene: Scene) -> dict:

@@ -324,3 +324,21 @@ def test_a_scene_whose_every_attempt_content_policy_blocked_is_skipped_with_skip
     with session_scope(settings.database_url) as s:
         scene = s.scalar(select(Scene).where(Scene.project_id == pid, Scene.scene_index == 1))
         assert scene.generation_status == StageStatus.SKIPPED and scene.registry_status == StageStatus.SKIPPED
+
+
+def test_an_attempt_clip_whose_record_was_lost_is_adopted_not_rendered_again(settings, tmp_path) -> None:
+    from vidpipe_tasks.generators.base import ClipRequest
+    from vidpipe_tasks.generators.procedural import ProceduralGenerator
+
+    pid = new_project(settings, tmp_path, GATED)
+    ref = {"project_id": pid, "scene_index": 1, "attempt": 2}
+    with session_scope(settings.database_url) as s:  # the attempt's first delivery got as far as its row
+        scene = s.scalar(select(Scene).where(Scene.project_id == pid, Scene.scene_index == 1))
+        candidates._attempt_row(s, scene, 2, candidates._policy(settings, scene))
+    clip = media.absolute(settings.media_root, media.attempt_clip_path(pid, 1, 2))
+    clip.parent.mkdir(parents=True)
+    ProceduralGenerator().generate(ClipRequest(pid, 1, "x", None, (), 0.5, 8, 64, 64, clip))
+    stamp = clip.stat().st_mtime_ns
+    result = candidates.generate_attempt(settings, ref)
+    assert result["state"] == "generated" and result["clip_path"] == media.attempt_clip_path(pid, 1, 2)
+    assert clip.stat().st_mtime_ns == stamp and row(settings, pid, 2).clip_info["frame_count"] == 4
