@@ -82,7 +82,7 @@ def build_chain(
 
 
 #: Seconds between celery.chord_unlock polls on result backends without native chords (the embedded one).
-CHORD_POLL_S = 1.0
+CHORD_POLL_S = 0.5
 
 
 def chord_unlock_retries(settings: Settings) -> int:
