@@ -19,7 +19,13 @@ TASK_ROUTES: dict[str, str] = {
     "vidpipe.register_entities": REGISTRY_QUEUE,
     "vidpipe.finalize_project": REGISTRY_QUEUE,
     "vidpipe.recover_stalled": REGISTRY_QUEUE,
+    # Quality attempts (docs/quality.md): candidates beside the plain tasks; the pick is registry work.
+    "vidpipe.generate_candidate": GENERATION_QUEUE,
+    "vidpipe.analyze_candidate": CV_QUEUE,
+    "vidpipe.pick_attempt": REGISTRY_QUEUE,
 }
+# Celery's chord poller (celery.chord_unlock, on result backends without native chords such as the embedded
+# file:// one) is unrouted, so it lands on the default queue: the registry queue.
 
 #: Hard time limit of the recovery sweep, seconds (the other tasks' limits are settings).
 RECOVERY_TIME_LIMIT = 60
@@ -33,6 +39,9 @@ def hard_time_limits(settings: Settings) -> dict[str, int]:
         "vidpipe.register_entities": settings.registry_time_limit,
         "vidpipe.finalize_project": settings.finalize_time_limit,
         "vidpipe.recover_stalled": RECOVERY_TIME_LIMIT,
+        "vidpipe.generate_candidate": settings.generation_time_limit,
+        "vidpipe.analyze_candidate": settings.analysis_time_limit,
+        "vidpipe.pick_attempt": settings.registry_time_limit,
     }
 
 

@@ -25,6 +25,19 @@ def crops_dir(project_id: int, scene_index: int) -> str:
     return f"{scene_dir(project_id, scene_index)}/crops"
 
 
+def attempt_dir(project_id: int, scene_index: int, attempt: int) -> str:
+    """One quality attempt of a scene (gate round or candidate): its own clip and crops, never shared."""
+    return f"{scene_dir(project_id, scene_index)}/attempt-{attempt:02d}"
+
+
+def attempt_clip_path(project_id: int, scene_index: int, attempt: int) -> str:
+    return f"{attempt_dir(project_id, scene_index, attempt)}/clip.mp4"
+
+
+def attempt_crops_dir(project_id: int, scene_index: int, attempt: int) -> str:
+    return f"{attempt_dir(project_id, scene_index, attempt)}/crops"
+
+
 def upload_path(manifest_id: int, tag: str, suffix: str = ".png") -> str:
     return f"manifests/{manifest_id}/uploads/{tag}{suffix}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import TypedDict
 
 from vidpipe_tasks import media
 from vidpipe_tasks.similarity import ENGINE_METRICS
@@ -192,3 +193,58 @@ def rejected_analysis(reason: str) -> dict:
         "warnings": [],
         "continuity": {"score": None, "components": {}, "missing": []},
     }
+
+
+# -- the messages of quality attempts (docs/quality.md): ids and paths only, checked on arrival -----------------
+
+
+class CandidateRef(TypedDict, total=False):
+    """generate_candidate's argument (from the chain) and result (analyze_candidate's argument)."""
+
+    project_id: int
+    scene_index: int
+    #: 1..20: round r's candidates are (r - 1) * K + 1 .. r * K.
+    attempt: int
+    epoch: int
+    #: The attempt's clip, relative to the media root (in its result).
+    clip_path: str | None
+    #: "generated", "analysed", "failed", or "registered" (the scene was registered meanwhile).
+    state: str
+    #: Present on a failed attempt: analysis is skipped and the pick counts it as failed.
+    failed: bool
+    reason: str | None
+
+
+class CandidateResult(TypedDict):
+    """analyze_candidate's result: what a chord collects (the pick reads the database, not these)."""
+
+    project_id: int
+    scene_index: int
+    attempt: int
+    #: "ok", "degraded" (the analysis degraded), "failed", or the attempt's state.
+    outcome: str
+    score: float | None
+    reason: str | None
+
+
+class PickRef(TypedDict, total=False):
+    """pick_attempt's argument; with `final` False it is also its result (the next round follows)."""
+
+    project_id: int
+    scene_index: int
+    round: int
+    epoch: int
+    final: bool
+
+
+class KeptAttempt(TypedDict, total=False):
+    """pick_attempt's result once it keeps an attempt: register_entities' argument.
+
+    Its analysis is read from scene_attempts, never from the message.
+    """
+
+    project_id: int
+    scene_index: int
+    attempt: int
+    final: bool
+    epoch: int

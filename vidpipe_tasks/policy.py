@@ -37,6 +37,13 @@ def _ids(args: tuple) -> tuple[int | None, int | None]:
     return payload.get("project_id"), payload.get("scene_index")
 
 
+def _attempt(args: tuple) -> int | None:
+    """The scene attempt a candidate task works on (vidpipe_tasks.candidates); None for other tasks."""
+    payload = args[0] if args and isinstance(args[0], dict) else {}
+    attempt = payload.get("attempt")
+    return attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None
+
+
 def _epoch(args: tuple) -> int | None:
     payload = args[0] if args and isinstance(args[0], dict) else {}
     return payload.get("epoch")
@@ -186,13 +193,15 @@ class PipelineTask(Task):
             raise Ignore() from exc
         except JobPending as pending:
             self._poll_later(task_id, args, kwargs, pending)
-        except PermanentStageError as exc:
-            self._fail(task_id, args, f"{exc.reason}: {exc}")
-            raise
         except Exception as exc:
-            if is_transient(exc):
+            permanent = isinstance(exc, PermanentStageError)
+            if not permanent and is_transient(exc):
                 self._retry_transient(task_id, args, kwargs, exc)
-            self._fail(task_id, args, f"{type(exc).__name__}: {exc}")
+            reason = f"{exc.reason}: {exc}" if permanent else f"{type(exc).__name__}: {exc}"
+            contained = self._contain(task_id, args, reason)
+            if contained is not None:
+                return contained
+            self._fail(task_id, args, reason)
             raise
         result = self._carry_epoch(result, args)
         degraded = isinstance(result, dict) and result.get("outcome") == "degraded"
@@ -209,7 +218,7 @@ class PipelineTask(Task):
 
         """
         project_id, scene_index = _ids(args)
-        next_id = self._next_task_id()
+        next_ids = [first_task_id(link) for link in self.next_links()]
         delivery = self.request.delivery_info or {}
 
         def write() -> str | None:
@@ -219,21 +228,22 @@ class PipelineTask(Task):
                 run = s.scalar(select(TaskRun).where(TaskRun.task_id == task_id))
                 if project is not None and epoch is not None and epoch != project.chain_epoch:
                     return self._close(s, run, task_id, args, "stale", f"chain epoch {epoch} superseded")
-                if run is not None and run.outcome in FINISHED and (next_id is None or _has_run(s, next_id)):
+                went_on = not next_ids or any(i is None or _has_run(s, i) for i in next_ids)
+                if run is not None and run.outcome in FINISHED and went_on:
                     return self._close(s, run, task_id, args, "duplicate", "redelivery of a finished task")
                 if run is None:
                     run = self._new_run(s, task_id)
                 elif run.outcome == "running":
                     run.crashes += 1  # the previous start never finished: its worker was lost
                 run.attempts += 1
-                run.project_id, run.scene_index = project_id, scene_index
+                run.project_id, run.scene_index, run.attempt = project_id, scene_index, _attempt(args)
                 run.queue = delivery.get("routing_key") or delivery.get("queue")
                 run.worker = self.request.hostname
                 run.started_at, run.finished_at, run.outcome, run.detail = now(), None, "running", None
                 if project is not None:
                     project.lease_until = now() + timedelta(seconds=self.settings.lease_ttl)
                 s.flush()
-                crashes = _crash_count(s, project_id, scene_index, self.name)
+                crashes = _crash_count(s, project_id, scene_index, self.name, _attempt(args))
             if scene_index is not None and crashes >= self.settings.max_task_crashes:
                 raise PermanentStageError(
                     "poison",
@@ -257,16 +267,42 @@ class PipelineTask(Task):
         project_id, scene_index = _ids(args)
         if project_id is None or scene_index is None:
             return None
+        attempt = _attempt(args)
         with session_scope(self.database_url) as s:
             detail = s.scalar(
-                select(TaskRun.detail).where(
+                select(TaskRun.detail)
+                .where(
                     TaskRun.project_id == project_id,
                     TaskRun.scene_index == scene_index,
                     TaskRun.task_name == self.name,
                     TaskRun.outcome == "timeout",
+                    *(() if attempt is None else (TaskRun.attempt == attempt,)),
                 )
+                .limit(1)
             )
         return None if detail is None else f"an earlier attempt was ended by its hard time limit ({detail})"
+
+    def contained_failure(self, args: tuple, reason: str) -> Any:
+        """The result to return instead of failing the project when the task fails for good.
+
+        None (the default): the failure ends the chain and the project (`_fail`). A candidate task records
+        its attempt as failed and passes that on: one failed candidate does not fail its scene.
+        """
+        return None
+
+    def _contain(self, task_id: str, args: tuple, reason: str) -> Any:
+        """`contained_failure`'s result, recorded as a degraded run (finished: a redelivery of it is a duplicate).
+
+        None when the task has no such result or it could not be recorded: the task then fails as usual.
+        """
+        project_id, _ = _ids(args)
+        result = persist(lambda: self.contained_failure(args, reason), self.settings.transient_retry_window,
+                         f"contained failure of {task_id}")  # fmt: skip
+        if result is None:
+            return None
+        log.warning("%s[%s] failed; recorded and passed on: %s", self.name, task_id, reason)
+        self._record(task_id, "degraded", reason[:500], lease=project_id)
+        return self._carry_epoch(result, args)
 
     def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         """The pool parent's report of a hard time limit: the child was killed, so record it and go on.
@@ -306,10 +342,13 @@ class PipelineTask(Task):
         s.add(run)
         return run
 
-    def _next_task_id(self) -> str | None:
-        # Celery keeps the rest of the chain reversed in the message; the next link is the last entry.
-        chain = self.request.chain or []
-        return (chain[-1].get("options") or {}).get("task_id") if chain else None
+    def next_links(self) -> list[dict]:
+        """The links this task may send next; a finished run whose chain started any of them is a duplicate.
+
+        Celery keeps the rest of the chain reversed in the message; the next link is the last entry. A task
+        that removes links before sending the next one (the pick of a kept attempt) names them all.
+        """
+        return list((self.request.chain or [])[-1:])
 
     # -- retries --------------------------------------------------------------------------------------------
 
@@ -441,15 +480,42 @@ def quick_backend(app: Any) -> Any:
     return backend
 
 
+def first_task_id(signature: object) -> str | None:
+    """The id of the first task a chain link runs: a task's own; a chord's or group's first header task.
+
+    A scene with candidates starts with a chord (vidpipe_tasks.workflow): the guard against a redelivered
+    finished task must look at the first candidate, which runs as soon as the chord is sent, not at the
+    chord's callback.
+    """
+    if isinstance(signature, list | tuple):  # a chord's header before it became a group
+        return first_task_id(signature[0]) if signature else None
+    if not isinstance(signature, dict):
+        return None
+    kind, kwargs = signature.get("subtask_type"), signature.get("kwargs") or {}
+    if kind == "chord":
+        return first_task_id(kwargs.get("header"))
+    if kind in ("group", "chain"):
+        tasks = kwargs.get("tasks") or []
+        return first_task_id(tasks[0]) if tasks else None
+    return (signature.get("options") or {}).get("task_id")
+
+
 def _has_run(session: Any, task_id: str) -> bool:
     return session.scalar(select(func.count()).select_from(TaskRun).where(TaskRun.task_id == task_id)) > 0
 
 
-def _crash_count(session: Any, project_id: int | None, scene_index: int | None, task_name: str) -> int:
-    """Interruptions of one scene's task: starts that found it still running, abandoned and timed-out attempts."""
+def _crash_count(
+    session: Any, project_id: int | None, scene_index: int | None, task_name: str, attempt: int | None = None
+) -> int:
+    """Interruptions of one scene's task: starts that found it still running, abandoned and timed-out attempts.
+
+    Per scene attempt for candidate tasks: K candidates abandoned at once by one resume count once each.
+    """
     if project_id is None or scene_index is None:
         return 0
     where = (TaskRun.project_id == project_id, TaskRun.scene_index == scene_index, TaskRun.task_name == task_name)
+    if attempt is not None:
+        where = (*where, TaskRun.attempt == attempt)
     crashes = session.scalar(select(func.coalesce(func.sum(TaskRun.crashes), 0)).where(*where))
     ended = TaskRun.outcome.in_(("abandoned", "timeout"))
     abandoned = session.scalar(select(func.count()).select_from(TaskRun).where(*where, ended))

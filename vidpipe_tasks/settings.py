@@ -180,8 +180,17 @@ class Settings:
     #: Progressive enrichment: faces registered from scene N become references for scene N+1. Off, the
     #: extracted assets are still registered and matched, but never chosen as a generation reference.
     enrichment: bool = True
+    # --- Quality gate and candidates (issue 12, docs/quality.md); a storyboard's `quality:` overrides them. ---
+    #: A scene whose kept attempt scores below either minimum is regenerated with a new seed (0: no minimum).
+    quality_min_identity: float = 0.0
+    quality_min_adherence: float = 0.0
+    #: Generation rounds per scene at most (1: no regeneration), and candidates generated in parallel per
+    #: round (1: none). With both at 1 the chain is the plain generate -> analyze -> register of every scene.
+    quality_max_attempts: int = 1
+    quality_candidates: int = 1
 
     def __post_init__(self) -> None:
+        check_quality_settings(self)
         for field_name, allowed in CHOICES.items():
             if getattr(self, field_name) not in allowed:
                 raise ValueError(
@@ -249,6 +258,20 @@ class Settings:
             value = getattr(self, f.name)
             env[f"VIDPIPE_{f.name.upper()}"] = str(int(value)) if isinstance(value, bool) else str(value)
         return env
+
+
+#: Bounds of the quality settings (the storyboard's `quality:` block has the same ones).
+QUALITY_BOUNDS = {"max_attempts": (1, 5), "candidates": (1, 4)}
+
+
+def check_quality_settings(settings: Settings) -> None:
+    """VIDPIPE_QUALITY_*: minimums in [0, 1], rounds 1..5, candidates 1..4."""
+    for name in ("quality_min_identity", "quality_min_adherence"):
+        if not 0.0 <= getattr(settings, name) <= 1.0:
+            raise ValueError(f"VIDPIPE_{name.upper()} must be between 0 and 1")
+    for name, (low, high) in QUALITY_BOUNDS.items():
+        if not low <= getattr(settings, f"quality_{name}") <= high:
+            raise ValueError(f"VIDPIPE_QUALITY_{name.upper()} must be between {low} and {high}")
 
 
 def _embedded(home: Path) -> dict:

@@ -6,7 +6,7 @@ import logging
 from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from vidpipe_tasks import media
 from vidpipe_tasks.binding import in_scope, manifest_characters
@@ -210,7 +210,14 @@ def _skip_scene(settings: Settings, project_id: int, scene_index: int, exc: Perm
 
 
 def _clip_request(
-    settings: Settings, scene: Scene, refs: dict[str, str | None], extra: dict | None = None
+    settings: Settings,
+    scene: Scene,
+    refs: dict[str, str | None],
+    extra: dict | None = None,
+    *,
+    attempt: int = 1,
+    seed: int | None = None,
+    output: str | None = None,
 ) -> ClipRequest:
     characters = tuple(
         CharacterSpec(
@@ -229,8 +236,9 @@ def _clip_request(
         fps=scene.fps,
         width=scene.width,
         height=scene.height,
-        output_path=media.absolute(settings.media_root, media.clip_path(scene.project_id, scene.scene_index)),
-        seed=scene.project_id,
+        output_path=media.absolute(settings.media_root, output or media.clip_path(scene.project_id, scene.scene_index)),
+        seed=scene.project_id if seed is None else seed,
+        attempt=attempt,
         extra=extra or {},
     )
 
@@ -252,40 +260,47 @@ def analysis_request(settings: Settings, ref: dict) -> dict | None:
             # A redelivery after the scene was committed: nothing to analyse, and no finished state to touch.
             return None
         scene.analysis_status = StageStatus.RUNNING
-        _remove_temps_of_killed_attempts(settings, media.crops_dir(scene.project_id, scene.scene_index))
-        shared = manifest_characters(s, scene.project.manifest_id)
-        registry = [
-            {
-                "asset_id": a.id,
-                # The storyboard character the asset depicts: adherence is judged per character.
-                "tag": _analysis_tag(a, project_id, shared),
-                "asset_tag": a.tag,
-                "embedding": a.face_embedding,
-                "engine": a.face_engine,
-                "reference_image": a.reference_image,
-            }
-            for a in character_assets(s, scene.project.manifest_id)
-            if usable_reference(settings, a) and (a.reference_image or a.face_embedding)
-        ]
-        previous = s.scalars(
-            select(AssetAppearance).where(
-                AssetAppearance.project_id == scene.project_id,
-                AssetAppearance.scene_index < scene.scene_index,
-                AssetAppearance.embedding.is_not(None),
-            )
-        )
-        return {
-            "project_id": scene.project_id,
-            "scene_index": scene.scene_index,
-            "clip_path": scene.clip.path,
-            "previous_visual": _previous_visual(s, scene),
-            "declared_characters": list(scene.characters),
-            "registry": registry,
-            "previous_appearances": [
-                {"asset_id": p.asset_id, "scene_index": p.scene_index, "embedding": p.embedding} for p in previous
-            ],
-            "crops_dir": media.crops_dir(scene.project_id, scene.scene_index),
+        crops = media.crops_dir(scene.project_id, scene.scene_index)
+        _remove_temps_of_killed_attempts(settings, crops)
+        return registry_request(s, settings, scene, scene.clip.path, crops)
+
+
+def registry_request(session: Session, settings: Settings, scene: Scene, clip_path: str, crops_dir: str) -> dict:
+    """The CV worker's input for one clip of `scene`: the registry as committed now, and where crops go."""
+    s = session
+    shared = manifest_characters(s, scene.project.manifest_id)
+    registry = [
+        {
+            "asset_id": a.id,
+            # The storyboard character the asset depicts: adherence is judged per character.
+            "tag": _analysis_tag(a, scene.project_id, shared),
+            "asset_tag": a.tag,
+            "embedding": a.face_embedding,
+            "engine": a.face_engine,
+            "reference_image": a.reference_image,
         }
+        for a in character_assets(s, scene.project.manifest_id)
+        if usable_reference(settings, a) and (a.reference_image or a.face_embedding)
+    ]
+    previous = s.scalars(
+        select(AssetAppearance).where(
+            AssetAppearance.project_id == scene.project_id,
+            AssetAppearance.scene_index < scene.scene_index,
+            AssetAppearance.embedding.is_not(None),
+        )
+    )
+    return {
+        "project_id": scene.project_id,
+        "scene_index": scene.scene_index,
+        "clip_path": clip_path,
+        "previous_visual": _previous_visual(s, scene),
+        "declared_characters": list(scene.characters),
+        "registry": registry,
+        "previous_appearances": [
+            {"asset_id": p.asset_id, "scene_index": p.scene_index, "embedding": p.embedding} for p in previous
+        ],
+        "crops_dir": crops_dir,
+    }
 
 
 def _analysis_tag(asset: Asset, project_id: int, shared: frozenset[str]) -> str:
@@ -353,14 +368,27 @@ def _trusted_analysis(settings: Settings, scene: Scene, payload: dict) -> dict:
     registered = scene.scene_manifest is not None and scene.scene_manifest.registered_at is not None
     if not registered and scene.analysis_status != StageStatus.RUNNING:
         raise MessageIgnored(f"register_entities for scene {scene.scene_index}: its analysis never started")
+    if "attempt" in payload:
+        # Quality attempts (vidpipe_tasks.candidates): the kept attempt's analysis, from its own crops folder.
+        from vidpipe_tasks.candidates import kept_analysis
+
+        analysis = kept_analysis(session_of(scene), scene, payload["attempt"])
+        crops = media.attempt_crops_dir(scene.project_id, scene.scene_index, payload["attempt"])
+    else:
+        analysis, crops = payload.get("analysis"), media.crops_dir(scene.project_id, scene.scene_index)
     try:
-        check_analysis(
-            payload.get("analysis"), settings.media_root, media.crops_dir(scene.project_id, scene.scene_index)
-        )
+        check_analysis(analysis, settings.media_root, crops)
     except PayloadRejected as exc:
         log.error("project %s scene %s: analysis payload rejected: %s", scene.project_id, scene.scene_index, exc)
         return rejected_analysis(str(exc))
-    return payload["analysis"]
+    return analysis
+
+
+def session_of(obj: object) -> Session:
+    session = object_session(obj)
+    if session is None:
+        raise RuntimeError("object is not attached to a session")
+    return session
 
 
 def usable_reference(settings: Settings, asset: object) -> bool:

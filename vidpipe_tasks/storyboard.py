@@ -135,6 +135,18 @@ class SceneSpec(_Strict):
         return check_size(value)
 
 
+class QualitySpec(_Strict):
+    """The project's quality gate and candidates (docs/quality.md); an unset field takes VIDPIPE_QUALITY_*."""
+
+    #: Minimum identity and adherence of the kept attempt; below either, the scene is generated again.
+    min_identity: float | None = Field(None, ge=0, le=1)
+    min_adherence: float | None = Field(None, ge=0, le=1)
+    #: Generation rounds per scene at most (each with a new seed per candidate).
+    max_attempts: int | None = Field(None, ge=1, le=5)
+    #: Candidates generated and analysed in parallel per round; the best by the documented score is kept.
+    candidates: int | None = Field(None, ge=1, le=4)
+
+
 class Storyboard(_Strict):
     """A project: title, optional manifest, cast without references, and ordered scenes."""
 
@@ -152,6 +164,17 @@ class Storyboard(_Strict):
     chain_first_frame: bool = False
     #: What the generator should avoid (sent as the negative prompt).
     negative_prompt: str = ""
+    #: Quality gate and candidates for this project (overrides VIDPIPE_QUALITY_*).
+    quality: QualitySpec | None = None
+
+    @model_validator(mode="after")
+    def _quality_needs_analysis(self) -> Storyboard:
+        if self.quality is not None and self.manifest is None:
+            raise ValueError(
+                "quality: the gate and candidates judge each clip's analysis, which needs a manifest "
+                "(add one, or remove the quality block)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _tags_resolve(self) -> Storyboard:

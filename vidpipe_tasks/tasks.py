@@ -5,7 +5,7 @@ Run logging, progress events and cancellation are handled once, in `vidpipe_task
 
 from __future__ import annotations
 
-from vidpipe_tasks import stages
+from vidpipe_tasks import candidates, stages
 from vidpipe_tasks.celery_app import app
 from vidpipe_tasks.generators import startup  # noqa: F401 - connects the generation worker's start check
 from vidpipe_tasks.policy import PipelineTask
@@ -77,6 +77,86 @@ def analyze_clip(self: PipelineTask, ref: dict) -> dict:
 def register_entities(self: PipelineTask, payload: dict) -> dict:
     """Commit a scene's analysis to the registry in one transaction before returning."""
     return stages.register_entities(_settings(), payload)
+
+
+class CandidateTask(PipelineTask):
+    """A candidate that fails for good is recorded on its attempt and passed on, not failing the project.
+
+    The scene fails only when every attempt failed (the pick decides), and a chord gets a result from every
+    candidate.
+    """
+
+    def contained_failure(self, args: tuple, reason: str) -> dict | None:
+        if not args or not isinstance(args[0], dict):
+            return None
+        return candidates.record_failure(self.settings, args[0], reason)
+
+
+@app.task(base=CandidateTask, bind=True, name="vidpipe.generate_candidate")
+def generate_candidate(self: PipelineTask, ref: dict) -> dict:
+    """Render one quality attempt of a scene with its own seed (a remote job: submit, then poll)."""
+    self.progress("generate", 0, 1, attempt=ref.get("attempt") if isinstance(ref, dict) else None)
+    return candidates.generate_attempt(_settings(), ref)
+
+
+class CandidateAnalysisTask(CandidateTask):
+    """An attempt whose analysis hit its hard time limit once is recorded as degraded, not tried again."""
+
+    def after_timeout(self, args: tuple, reason: str) -> dict:
+        from gpu_worker.analysis import degraded_result
+
+        return candidates.after_analysis_timeout(self.settings, args[0], reason, degraded_result)
+
+
+@app.task(base=CandidateAnalysisTask, bind=True, name="vidpipe.analyze_candidate")
+def analyze_candidate(self: PipelineTask, ref: dict) -> dict:
+    """Analyse one attempt's clip on a CV worker and record its scores (the registry is not touched)."""
+    settings = _settings()
+    request = candidates.analysis_input(settings, ref)
+    analysis = None
+    if request is not None:
+        from gpu_worker.analysis import PROGRESS_STEPS
+        from gpu_worker.service import analyze_for_registry
+
+        self.progress("analyze", 0, len(PROGRESS_STEPS), step="start")
+        analysis = analyze_for_registry(
+            request, settings, progress=lambda step, done, total: self.progress("analyze", done, total, step=step)
+        )
+    return candidates.record_analysis(settings, ref, request, analysis)
+
+
+class PickTask(PipelineTask):
+    """The pick's next link is its scene's next round or, once it keeps an attempt, its register_entities."""
+
+    def next_links(self) -> list[dict]:
+        links = []
+        for link in reversed(self.request.chain or []):
+            links.append(link)
+            if link.get("task") == "vidpipe.register_entities":
+                break
+        return links
+
+
+@app.task(base=PickTask, bind=True, name="vidpipe.pick_attempt")
+def pick_attempt(self: PipelineTask, ref: dict) -> dict:
+    """After a round: keep the best attempt (then register it) or go on to the next round's candidates."""
+    result, _ = candidates.pick_attempt(_settings(), ref)
+    if result["final"]:
+        _drop_remaining_rounds(self, with_registration=bool(result.get("skipped")))
+    return result
+
+
+def _drop_remaining_rounds(task: PipelineTask, with_registration: bool = False) -> None:
+    """A kept attempt: the scene's later rounds (still in `request.chain`, before its register_entities) go.
+
+    A skipped scene (every attempt blocked by content policy, VIDPIPE_CONTENT_POLICY=skip-scene) drops its
+    register_entities too; the next scene's links follow it.
+    """
+    chain = task.request.chain or []
+    while chain and chain[-1].get("task") != "vidpipe.register_entities":
+        chain.pop()
+    if with_registration and chain:
+        chain.pop()
 
 
 @app.task(base=PipelineTask, bind=True, name="vidpipe.finalize_project")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from celery import Celery, chain
+from celery import Celery, chain, chord, group
 from celery.canvas import Signature
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -16,6 +17,7 @@ from sqlalchemy.orm import Session
 from vidpipe_tasks.db.models import OPEN_RUN_OUTCOMES, Project, ProjectStatus, StageStatus, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.inputs import StoryboardInput, load_inputs
+from vidpipe_tasks.quality import QualityPolicy, quality_for
 from vidpipe_tasks.queues import BrokerMessage, drop_unacked, project_messages
 from vidpipe_tasks.settings import Settings
 from vidpipe_tasks.storing import store_inputs
@@ -42,6 +44,7 @@ def build_chain(
     with_analysis: bool,
     priority: int | None = None,
     epoch: int | None = None,
+    quality: QualityPolicy | None = None,
 ) -> Signature:
     """One flat chain for a project.
 
@@ -50,14 +53,22 @@ def build_chain(
     N+1 from receiving scene N's result, and Celery sends it only after register_entities has returned,
     which is after its transaction committed.
 
+    With a quality gate or candidates (`quality.enabled`), a scene is its rounds, then its registration
+    (`_attempt_steps`, docs/quality.md).
+
     `priority` is set on every task: a chain's `apply_async(priority=...)` reaches only its first task
     (Celery's `task_inherit_parent_priority` is off), and a project keeps its place for all its scenes.
     `epoch` (the project's chain epoch) travels in every message, so a task of a superseded chain stops.
     """
     steps: list[Signature] = []
     stamp = {} if epoch is None else {"epoch": epoch}
+    gated = with_analysis and quality is not None and quality.enabled
     for index in scene_indices:
         ref = {"project_id": project_id, "scene_index": index, **stamp}
+        if gated:
+            steps.extend(_attempt_steps(app, ref, quality, priority))
+            steps.append(app.signature("vidpipe.register_entities"))
+            continue
         steps.append(app.signature("vidpipe.generate_clip", args=(ref,), immutable=True))
         if with_analysis:
             steps.append(app.signature("vidpipe.analyze_clip"))
@@ -68,6 +79,51 @@ def build_chain(
         for step in steps:
             step.set(priority=priority)
     return chain(*steps)
+
+
+#: Seconds between celery.chord_unlock polls on result backends without native chords (the embedded one).
+CHORD_POLL_S = 0.5
+
+
+def chord_unlock_retries(settings: Settings) -> int:
+    """Polls before a chord's unlock gives up: twice the longest a round may take.
+
+    A round is a generation (with a remote job's deadline) and an analysis. A chord whose candidates were
+    stopped (cancelled, superseded) never completes; past this its poller stops, and a chain lost that way
+    is resumed by the recovery sweep.
+    """
+    longest = settings.generation_time_limit + settings.scene_deadline_s + settings.analysis_time_limit
+    return math.ceil(2 * longest / CHORD_POLL_S)
+
+
+def _attempt_steps(app: Celery, ref: dict, quality: QualityPolicy, priority: int | None) -> list[Signature]:
+    """A scene's rounds: per round its candidates (generate -> analyze each, in parallel), then the pick.
+
+    With one candidate per round the round is three chain links. With K > 1 it is a chord: a group of K
+    ``generate_candidate.si(attempt) | analyze_candidate.s()`` chains (generation queue, then CV queue), and
+    ``pick_attempt.si(round)`` as its callback once all K have finished. The pick reads the attempts from the
+    database (immutable: it ignores the chord's results), so a redelivered or resumed round decides the same.
+    A pick that keeps an attempt removes the scene's later rounds from the chain; register_entities follows.
+    """
+    steps: list[Signature] = []
+    options = {} if priority is None else {"priority": priority}
+    settings = app.vidpipe_settings
+    for round_ in range(1, quality.max_attempts + 1):
+        candidates = [
+            chain(
+                app.signature("vidpipe.generate_candidate", args=({**ref, "attempt": n},), immutable=True, **options),
+                app.signature("vidpipe.analyze_candidate", **options),
+            )
+            for n in quality.round_attempts(round_)
+        ]
+        pick = app.signature("vidpipe.pick_attempt", args=({**ref, "round": round_},), immutable=True, **options)
+        if len(candidates) == 1:
+            steps.extend([*candidates[0].tasks, pick])
+        else:
+            steps.append(
+                chord(group(candidates), pick, interval=CHORD_POLL_S, max_retries=chord_unlock_retries(settings))
+            )
+    return steps
 
 
 def _pending_scenes(project: Project) -> list[int]:
@@ -119,12 +175,13 @@ def enqueue_project(
         close_open_runs(s, project_id, closing)
         _reset_running_stages(project, scenes)
         with_analysis = project.manifest_id is not None
+        quality = quality_for(settings, project.storyboard_json or {})
         if project.status != ProjectStatus.PENDING:
             # Committed before anything is sent: a cancelled project's tasks would otherwise stop themselves.
             project.status, project.finished_at = ProjectStatus.RUNNING, None
         project.lease_until = datetime.now(UTC) + timedelta(seconds=settings.lease_ttl)
         project.stall_suspected_at = None
-    result = build_chain(app, project_id, scenes, with_analysis, priority, epoch).apply_async()
+    result = build_chain(app, project_id, scenes, with_analysis, priority, epoch, quality).apply_async()
     while result.parent is not None:
         result = result.parent
     with session_scope(settings.database_url) as s:

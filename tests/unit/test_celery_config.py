@@ -15,7 +15,7 @@ def app_for(tmp_path):
     return create_app(load_settings({"VIDPIPE_HOME": str(tmp_path)}))
 
 
-def test_analysis_routes_to_the_cv_queue_and_nothing_else_does(tmp_path) -> None:
+def test_analyses_route_to_the_cv_queue_and_nothing_else_does(tmp_path) -> None:
     app = app_for(tmp_path)
     router = app.amqp.router
     queue_of = {name: router.route({}, name)["queue"].name for name in TASK_ROUTES}
@@ -25,7 +25,12 @@ def test_analysis_routes_to_the_cv_queue_and_nothing_else_does(tmp_path) -> None
         "vidpipe.register_entities": REGISTRY_QUEUE,
         "vidpipe.finalize_project": REGISTRY_QUEUE,
         "vidpipe.recover_stalled": REGISTRY_QUEUE,
+        "vidpipe.generate_candidate": GENERATION_QUEUE,
+        "vidpipe.analyze_candidate": CV_QUEUE,
+        "vidpipe.pick_attempt": REGISTRY_QUEUE,
     }
+    # Celery's chord poller (file:// result backend) is unrouted: the default queue, the registry's.
+    assert router.route({}, "celery.chord_unlock")["queue"].name == REGISTRY_QUEUE
 
 
 def test_queues_are_explicit_and_never_created_implicitly(tmp_path) -> None:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from vidpipe_tasks.cli.demo import example_paths
-from vidpipe_tasks.storyboard import StoryboardError, load_storyboard, load_storyboards
+from vidpipe_tasks.storyboard import StoryboardError, load_storyboard, load_storyboards, validate_storyboard
 
 GOOD = {
     "title": "t",
@@ -105,3 +105,42 @@ def test_every_problem_of_one_file_is_reported_at_once_with_scenes_counted_from_
     assert fields == ["scene 1.characters", "scene 2.fps", "scene 3.characters", "scene 3.characters", "tag"]
     reasons = " ".join(reason for _, _, reason in err.value.problems)
     assert "'zed'" in reasons and "'yan'" in reasons and "duplicate ['ann']" in reasons
+
+
+QUALITY_BOARD = {
+    "title": "q",
+    "manifest": {"name": "m"},
+    "scenes": [{"description": "x"}],
+}
+
+
+def test_a_quality_block_takes_minimums_rounds_and_candidates() -> None:
+    board = validate_storyboard(
+        {**QUALITY_BOARD, "quality": {"min_identity": 0.45, "max_attempts": 3, "candidates": 2}}, "q", Path()
+    )
+    assert board.quality.min_identity == 0.45 and board.quality.min_adherence is None
+    assert (board.quality.max_attempts, board.quality.candidates) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("quality", "field", "reason"),
+    [
+        ({"min_identity": 1.2}, "quality.min_identity", "less than or equal to 1"),
+        ({"min_adherence": -0.1}, "quality.min_adherence", "greater than or equal to 0"),
+        ({"max_attempts": 6}, "quality.max_attempts", "less than or equal to 5"),
+        ({"candidates": 0}, "quality.candidates", "greater than or equal to 1"),
+        ({"candidates": 2.0}, "quality.candidates", "valid integer"),
+        ({"max_attempts": True}, "quality.max_attempts", "valid integer"),
+        ({"retries": 2}, "quality.retries", "Extra inputs"),
+    ],
+)
+def test_a_bad_quality_block_is_refused_with_its_field(quality: dict, field: str, reason: str) -> None:
+    with pytest.raises(StoryboardError) as err:
+        validate_storyboard({**QUALITY_BOARD, "quality": quality}, "q", Path())
+    assert [(f, r) for _, f, r in err.value.problems if f == field and reason in r], err.value.problems
+
+
+def test_a_quality_block_without_a_manifest_is_refused() -> None:
+    board = {k: v for k, v in QUALITY_BOARD.items() if k != "manifest"}
+    with pytest.raises(StoryboardError, match="quality: the gate and candidates judge each clip's analysis"):
+        validate_storyboard({**board, "quality": {"candidates": 2}}, "q", Path())

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vidpipe_tasks.cli.common import existing_installation
-from vidpipe_tasks.db.models import GenerationJob, Project, Scene, SceneManifest, TaskRun
+from vidpipe_tasks.db.models import GenerationJob, Project, Scene, SceneAttempt, SceneManifest, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.settings import Settings
 
@@ -55,6 +55,7 @@ def _job(job: GenerationJob) -> dict:
     """A provider job of a remote generator (docs/generators.md)."""
     return {
         "attempt": job.attempt,
+        "scene_attempt": job.scene_attempt,
         "provider": job.provider,
         "model": job.model,
         "server": job.server,
@@ -90,11 +91,42 @@ def _rematches(analysis: dict) -> list[dict]:
     ]
 
 
+def _attempt(row: SceneAttempt) -> dict:
+    """One quality attempt of a scene (docs/quality.md): its seed, clip, scores, whether it was kept, its cost."""
+    summary = row.summary or {}
+    continuity = summary.get("continuity") or {}
+    return {
+        "attempt": row.attempt,
+        "round": row.round,
+        "seed": row.seed,
+        "state": row.state,
+        "clip_path": row.clip_path,
+        "identity": row.identity,
+        "adherence": row.adherence,
+        "score": row.score,
+        "passed_gate": row.passed_gate,
+        "kept": bool(row.kept),
+        "cost_usd": round(row.cost or 0.0, 4),
+        "error": row.error,
+        "analysis": None
+        if not summary
+        else {
+            "status": summary.get("status"),
+            "reason": summary.get("reason"),
+            "continuity_score": continuity.get("score"),
+            "matched_tags": sorted({m.get("tag") for m in summary.get("matches", [])} - {None}),
+            "new_faces": len(summary.get("candidates", [])),
+        },
+        "generated_at": _iso(row.generated_at),
+        "analysed_at": _iso(row.analysed_at),
+    }
+
+
 def _spend(jobs: list[GenerationJob]) -> float:
     return round(sum(j.cost_estimate for j in jobs if j.state != "not_submitted"), 4)
 
 
-def _scene(scene, runs: list[TaskRun], jobs: list[GenerationJob] = ()) -> dict:
+def _scene(scene, runs: list[TaskRun], jobs: list[GenerationJob] = (), attempts: list[SceneAttempt] = ()) -> dict:
     sm = scene.scene_manifest
     analysis = (sm.cv_analysis_json if sm else None) or {}
     continuity = analysis.get("continuity") or {}
@@ -127,11 +159,17 @@ def _scene(scene, runs: list[TaskRun], jobs: list[GenerationJob] = ()) -> dict:
         "registered_at": _iso(sm.registered_at if sm else None),
         "tasks": [_task(r) for r in runs if r.scene_index == scene.scene_index],
         "generation_jobs": [_job(j) for j in jobs if j.scene_index == scene.scene_index],
+        "attempts": [_attempt(a) for a in attempts if a.scene_index == scene.scene_index],
     }
 
 
-def project_status(session: Session, project_id: int) -> dict:
-    """Everything a script needs about one project (see docs/status-json.md)."""
+def project_status(session: Session, project_id: int, settings: Settings | None = None) -> dict:
+    """Everything a script needs about one project (see docs/status-json.md).
+
+    `settings` supply the quality defaults (VIDPIPE_QUALITY_*) a storyboard's `quality:` block leaves unset.
+    """
+    from vidpipe_tasks.quality import QualityPolicy, quality_for
+
     project = session.get(Project, project_id)
     if project is None:
         raise LookupError(f"no project {project_id}")
@@ -140,10 +178,18 @@ def project_status(session: Session, project_id: int) -> dict:
         session.scalars(
             select(GenerationJob)
             .where(GenerationJob.project_id == project_id)
-            .order_by(GenerationJob.scene_index, GenerationJob.attempt)
+            .order_by(GenerationJob.scene_index, GenerationJob.scene_attempt, GenerationJob.attempt)
+        )
+    )
+    attempts = list(
+        session.scalars(
+            select(SceneAttempt)
+            .where(SceneAttempt.project_id == project_id)
+            .order_by(SceneAttempt.scene_index, SceneAttempt.attempt)
         )
     )
     board = project.storyboard_json or {}
+    quality = quality_for(settings, board) if settings is not None else QualityPolicy()
     return {
         "schema": STATUS_SCHEMA_VERSION,
         "project_id": project.id,
@@ -157,7 +203,8 @@ def project_status(session: Session, project_id: int) -> dict:
         "budget_usd": board.get("budget_usd"),
         "spend_usd": _spend(jobs),
         "face_consistency": _face_consistency(project),
-        "scenes": [_scene(sc, runs, jobs) for sc in project.scenes],
+        "quality": quality.as_dict(),
+        "scenes": [_scene(sc, runs, jobs, attempts) for sc in project.scenes],
         "project_tasks": [_task(r) for r in runs if r.scene_index is None],
     }
 
@@ -182,7 +229,7 @@ def _recovery(project: Project) -> dict:
 
 def load_status(settings: Settings, project_id: int) -> dict:
     with session_scope(settings.database_url) as s:
-        return project_status(s, project_id)
+        return project_status(s, project_id, settings)
 
 
 def _fmt_score(value: float | None) -> str:
@@ -226,6 +273,14 @@ def render_text(status: dict) -> str:
             lines.append(
                 f"    {j['provider']} job {j['job_id']} [{j['state']}] ${j['cost_estimate_usd']:.2f}"
                 f" resubmitted={j['resubmissions']}{error}"
+            )
+        for a in sc.get("attempts", []):
+            lines.append(
+                f"    attempt {a['attempt']} (round {a['round']}, seed {a['seed']}) [{a['state']}]"
+                f" identity={_fmt_score(a['identity'])} adherence={_fmt_score(a['adherence'])}"
+                f" score={_fmt_score(a['score'])} ${a['cost_usd']:.2f}"
+                + (" KEPT" if a["kept"] else "")
+                + (f" error: {a['error']}" if a["error"] else "")
             )
         for t in sc["tasks"]:
             extra = "".join(f" {k}={t[k]}" for k in ("retries", "polls", "crashes") if t.get(k))

@@ -1,11 +1,11 @@
-"""SQLAlchemy 2.0 models: manifests, assets, projects, scenes, clips, scene manifests, appearances, task runs."""
+"""SQLAlchemy 2.0 models: manifests, assets, projects, scenes, clips, scene manifests, appearances, runs, attempts."""
 
 from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, DateTime, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -260,6 +260,9 @@ class TaskRun(Base):
     task_name: Mapped[str] = mapped_column(String(100), index=True)
     project_id: Mapped[int | None] = mapped_column(Integer, index=True)
     scene_index: Mapped[int | None] = mapped_column(Integer)
+    #: The scene attempt (quality gate round or candidate) a candidate task works on; None for other tasks.
+    #: Crash counting and timeouts are per (project, scene, task, attempt).
+    attempt: Mapped[int | None] = mapped_column(Integer)
     queue: Mapped[str | None] = mapped_column(String(50))
     worker: Mapped[str | None] = mapped_column(String(200))
     #: Times a worker started this task id (redeliveries and retries included).
@@ -285,15 +288,20 @@ class GenerationJob(Base):
     The row is committed with its job id before the first poll, so a redelivered or resumed
     `generate_clip` polls the same job instead of submitting another. `attempt` grows only when a scene
     whose job failed for good is run again (`vidpipe resume`); a server that forgot a job is resubmitted
-    once inside the same attempt and counted in `resubmissions`.
+    once inside the same attempt and counted in `resubmissions`. `scene_attempt` is the quality attempt
+    (gate round or candidate, scene_attempts.attempt) the job renders: every one is its own job and its
+    cost counts towards the project's spend.
     """
 
     __tablename__ = "generation_jobs"
-    __table_args__ = (UniqueConstraint("project_id", "scene_index", "attempt", name="uq_generation_job_attempt"),)
+    __table_args__ = (
+        UniqueConstraint("project_id", "scene_index", "scene_attempt", "attempt", name="uq_generation_job_attempt"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     scene_index: Mapped[int] = mapped_column(Integer)
+    scene_attempt: Mapped[int] = mapped_column(Integer, default=1)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     #: "comfyui" or "veo".
     provider: Mapped[str] = mapped_column(String(20), index=True)
@@ -317,3 +325,46 @@ class GenerationJob(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SceneAttempt(Base):
+    """One quality attempt of a scene (a gate round's candidate): its seed, clip, analysis, scores and cost.
+
+    Keyed on (project, scene, attempt): a redelivered candidate task finds its row and reuses what it
+    recorded. Exactly one attempt per registered scene is `kept`; only that one reaches the registry.
+    """
+
+    __tablename__ = "scene_attempts"
+    __table_args__ = (UniqueConstraint("project_id", "scene_index", "attempt", name="uq_scene_attempt"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    scene_index: Mapped[int] = mapped_column(Integer)
+    #: 1-based: round r's candidates are (r - 1) * K + 1 .. r * K (docs/quality.md).
+    attempt: Mapped[int] = mapped_column(Integer)
+    round: Mapped[int] = mapped_column(Integer, default=1)
+    seed: Mapped[int] = mapped_column(Integer)
+    #: "generating", "generated", "analysed" or "failed".
+    state: Mapped[str] = mapped_column(String(20), default="generating")
+    #: Relative to the media root.
+    clip_path: Mapped[str | None] = mapped_column(String(500))
+    #: Frame count, fps, size, generator and appearances of the rendered clip (copied to `clips` if kept).
+    clip_info: Mapped[dict | None] = mapped_column(JSON)
+    #: Character tag -> the reference it was generated from (copied to the scene manifest if kept).
+    references: Mapped[dict] = mapped_column(JSON, default=dict)
+    #: The analysis without raw embeddings (status, reason, continuity, matches, candidates).
+    summary: Mapped[dict | None] = mapped_column(JSON)
+    #: The full analysis, embeddings included: what register_entities commits when this attempt is kept.
+    analysis: Mapped[dict | None] = mapped_column(JSON)
+    identity: Mapped[float | None] = mapped_column(Float)
+    adherence: Mapped[float | None] = mapped_column(Float)
+    #: The documented composite score (vidpipe_tasks.quality.composite_score).
+    score: Mapped[float | None] = mapped_column(Float)
+    passed_gate: Mapped[bool | None] = mapped_column(Boolean)
+    kept: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Estimated USD of this attempt's provider jobs (0 for local generators).
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    generated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    analysed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -37,6 +37,8 @@ class ClipRequest:
     height: int
     output_path: Path
     seed: int = 0
+    #: The scene's quality attempt (vidpipe_tasks.quality); a remote generator keeps one provider job per attempt.
+    attempt: int = 1
     extra: dict = field(default_factory=dict)
 
 

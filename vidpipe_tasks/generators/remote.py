@@ -127,17 +127,24 @@ def price_per_second(settings: Settings, provider: str, model: str | None) -> fl
     return prices.get(provider, 0.0)
 
 
-def client_job_id(project_id: int, scene_index: int, attempt: int, submission: int) -> str:
-    """A deterministic id for one submission, in the UUID shape ComfyUI prints."""
-    digest = hashlib.sha256(f"vidpipe:{project_id}:{scene_index}:{attempt}:{submission}".encode()).hexdigest()
+def client_job_id(project_id: int, scene_index: int, attempt: int, submission: int, scene_attempt: int = 1) -> str:
+    """A deterministic id for one submission, in the UUID shape ComfyUI prints (one per quality attempt too)."""
+    key = f"vidpipe:{project_id}:{scene_index}:{attempt}:{submission}"
+    if scene_attempt != 1:
+        key += f":q{scene_attempt}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
 
 
-def current_job(session: Session, project_id: int, scene_index: int) -> GenerationJob | None:
-    """The scene's latest attempt, if any."""
+def current_job(session: Session, project_id: int, scene_index: int, scene_attempt: int = 1) -> GenerationJob | None:
+    """The latest job of a scene's quality attempt (1: the plain chain's), if any."""
     return session.scalar(
         select(GenerationJob)
-        .where(GenerationJob.project_id == project_id, GenerationJob.scene_index == scene_index)
+        .where(
+            GenerationJob.project_id == project_id,
+            GenerationJob.scene_index == scene_index,
+            GenerationJob.scene_attempt == scene_attempt,
+        )
         .order_by(GenerationJob.attempt.desc())
         .limit(1)
     )
@@ -259,7 +266,7 @@ class RemoteGenerator:
     def _job_to_drive(self, request: ClipRequest) -> tuple[GenerationJob, bool]:
         """The scene's job to poll, or (fresh) a newly reserved one, committed in state `submitting`."""
         with session_scope(self.settings.database_url) as s:
-            job = current_job(s, request.project_id, request.scene_index)
+            job = current_job(s, request.project_id, request.scene_index, request.attempt)
             if job is not None and job.state in (*ACTIVE_STATES, "succeeded"):
                 return job, False
         # Asking servers for their queues is network time: never while holding the provider lock.
@@ -267,7 +274,7 @@ class RemoteGenerator:
         with session_scope(self.settings.database_url) as s:
             _provider_lock(s, self.name)
             # Again under the lock: a second delivery of this task may have reserved the job meanwhile.
-            job = current_job(s, request.project_id, request.scene_index)
+            job = current_job(s, request.project_id, request.scene_index, request.attempt)
             if job is not None and job.state in (*ACTIVE_STATES, "succeeded"):
                 return job, False
             if job is None or job.state != "not_submitted":
@@ -275,6 +282,7 @@ class RemoteGenerator:
                 job = GenerationJob(
                     project_id=request.project_id,
                     scene_index=request.scene_index,
+                    scene_attempt=request.attempt,
                     attempt=(job.attempt + 1) if job else 1,
                     provider=self.name,
                     model=self.adapter.model,
@@ -304,7 +312,7 @@ class RemoteGenerator:
     def _client_id(self, request: ClipRequest, job: GenerationJob) -> str | None:
         if not self.adapter.chooses_job_id:
             return None
-        return client_job_id(request.project_id, request.scene_index, job.attempt, job.resubmissions)
+        return client_job_id(request.project_id, request.scene_index, job.attempt, job.resubmissions, request.attempt)
 
     def _update(self, row_id: int, **values: object) -> None:
         with session_scope(self.settings.database_url) as s:

@@ -8,14 +8,19 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vidpipe_tasks.db.models import Asset, AssetAppearance, Manifest, Project, Scene, TaskRun
+from vidpipe_tasks.db.models import Asset, AssetAppearance, Manifest, Project, Scene, SceneAttempt, TaskRun
 
 #: Task names of a scene's chain, in order, and how the report names them.
 SCENE_TASKS = {
     "vidpipe.generate_clip": "generate",
     "vidpipe.analyze_clip": "analyse",
     "vidpipe.register_entities": "register",
+    # Quality attempts (docs/quality.md): summed over the scene's attempts.
+    "vidpipe.generate_candidate": "generate (all attempts)",
+    "vidpipe.analyze_candidate": "analyse (all attempts)",
 }
+#: Task names whose runs add up (one run per attempt) rather than the last one counting.
+SUMMED_TASKS = ("vidpipe.generate_candidate", "vidpipe.analyze_candidate")
 
 
 #: Frames shown for a scene that was not analysed (a project without a manifest, a degraded analysis).
@@ -72,6 +77,23 @@ class Recognition:
 
 
 @dataclass(frozen=True)
+class AttemptRow:
+    """One quality attempt of a scene (docs/quality.md): its scores, whether it was kept, its cost."""
+
+    attempt: int
+    round: int
+    seed: int
+    state: str
+    identity: float | None
+    adherence: float | None
+    score: float | None
+    passed_gate: bool | None
+    kept: bool
+    cost_usd: float
+    error: str | None
+
+
+@dataclass(frozen=True)
 class SceneData:
     """One scene's row of the report."""
 
@@ -97,6 +119,8 @@ class SceneData:
     degraded_reason: str | None
     failure_reason: str | None
     warnings: list[str] = field(default_factory=list)
+    #: Quality attempts, in order ([] when the project's gate is off).
+    attempts: list[AttemptRow] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -163,7 +187,9 @@ def _task_seconds(runs: list[TaskRun]) -> dict[str, float]:
     for run in runs:
         name = SCENE_TASKS.get(run.task_name)
         if name and run.finished_at is not None and run.outcome in ("success", "degraded"):
-            out[name] = round((_utc(run.finished_at) - _utc(run.started_at)).total_seconds(), 2)
+            seconds = (_utc(run.finished_at) - _utc(run.started_at)).total_seconds()
+            earlier = out.get(name, 0.0) if run.task_name in SUMMED_TASKS else 0.0
+            out[name] = round(earlier + seconds, 2)
     return out
 
 
@@ -183,8 +209,31 @@ def _current_tags(analysis: dict, scene: Scene, assets: dict[int, Asset]) -> dic
     return {**analysis, "matches": matches, "candidates": candidates}
 
 
+def _attempts(rows: list[SceneAttempt]) -> list[AttemptRow]:
+    return [
+        AttemptRow(
+            r.attempt,
+            r.round,
+            r.seed,
+            r.state,
+            r.identity,
+            r.adherence,
+            r.score,
+            r.passed_gate,
+            bool(r.kept),
+            round(r.cost or 0.0, 4),
+            r.error,
+        )
+        for r in sorted(rows, key=lambda r: r.attempt)
+    ]
+
+
 def _scene(
-    scene: Scene, tag_of: dict[int, Asset], appearances: list[AssetAppearance], runs: list[TaskRun]
+    scene: Scene,
+    tag_of: dict[int, Asset],
+    appearances: list[AssetAppearance],
+    runs: list[TaskRun],
+    attempts: list[SceneAttempt] = (),
 ) -> SceneData:
     sm = scene.scene_manifest
     analysis = _current_tags((sm.cv_analysis_json if sm else None) or {}, scene, tag_of)
@@ -238,6 +287,7 @@ def _scene(
         degraded_reason=sm.degraded_reason if sm else None,
         failure_reason=scene.failure_reason,
         warnings=list(analysis.get("warnings") or []),
+        attempts=_attempts([a for a in attempts if a.scene_index == scene.scene_index]),
     )
 
 
@@ -281,6 +331,7 @@ def load_project(session: Session, project_id: int) -> ProjectData:
     )
     runs = list(session.scalars(select(TaskRun).where(TaskRun.project_id == project_id).order_by(TaskRun.started_at)))
     tag_of = {a.id: a for a in assets}
+    attempts = list(session.scalars(select(SceneAttempt).where(SceneAttempt.project_id == project_id)))
     return ProjectData(
         project_id=project.id,
         title=project.title,
@@ -288,7 +339,7 @@ def load_project(session: Session, project_id: int) -> ProjectData:
         manifest=manifest.name if manifest else None,
         created_at=_utc(project.created_at),
         finished_at=_utc(project.finished_at),
-        scenes=[_scene(sc, tag_of, appearances, runs) for sc in project.scenes],
+        scenes=[_scene(sc, tag_of, appearances, runs, attempts) for sc in project.scenes],
         growth=_growth(project, assets),
         face_consistency=project.face_consistency,
         face_consistency_characters=dict((project.face_consistency_detail or {}).get("characters") or {}),

@@ -121,6 +121,24 @@ def _timings(scene: SceneData) -> str:
     return f'<table class="timings">{"".join(rows)}</table>' if rows else '<p class="meta">no timings recorded</p>'
 
 
+def _attempts(scene: SceneData) -> str:
+    """The quality attempts of a scene (docs/quality.md); nothing when the project's gate is off."""
+    if not scene.attempts:
+        return ""
+    head = "<tr><th>attempt</th><th>round</th><th>seed</th><th>state</th><th>identity</th><th>adherence</th>"
+    head += "<th>score</th><th>gate</th><th>cost</th><th></th></tr>"
+    gate = {True: "passed", False: "below", None: "-"}
+    rows = "".join(
+        f'<tr class="attempt{" kept" if a.kept else ""}" data-attempt="{a.attempt}" data-kept="{int(a.kept)}">'
+        f"<td>{a.attempt}</td><td>{a.round}</td><td>{a.seed}</td><td>{escape(a.state)}</td>"
+        f'<td>{_fmt(a.identity)}</td><td>{_fmt(a.adherence)}</td><td class="score">{_fmt(a.score)}</td>'
+        f"<td>{gate[a.passed_gate]}</td><td>${a.cost_usd:.2f}</td>"
+        f"<td>{'kept' if a.kept else escape(a.error or '')}</td></tr>"
+        for a in scene.attempts
+    )
+    return f'<h3>Attempts</h3><table class="attempts">{head}{rows}</table>'
+
+
 def _scene(scene: SceneData, frames: FrameSource, files: FileSource) -> str:
     uris, problem = frames(scene)
     stages = ", ".join(f"{k} {v}" for k, v in scene.stages.items())
@@ -142,7 +160,7 @@ def _scene(scene: SceneData, frames: FrameSource, files: FileSource) -> str:
         f"<div><h3>New assets</h3>{_thumbs(scene.new_assets, files, 'new-asset', 'none')}</div>"
         f"<div><h3>Recognised</h3>{_recognitions(scene)}</div></div>"
         f'<div class="cols"><div class="continuity"><h3>Continuity</h3>{_bars(scene)}</div>'
-        f"<div><h3>Timings</h3>{_timings(scene)}</div></div></section>"
+        f"<div><h3>Timings</h3>{_timings(scene)}</div></div>{_attempts(scene)}</section>"
     )
 
 

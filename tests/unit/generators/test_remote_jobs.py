@@ -322,3 +322,26 @@ def test_a_lost_job_is_resubmitted_once_even_when_two_deliveries_notice(settings
     generator._resubmit(row.id, request, lost)  # a second one that polled the same lost id
     (row,) = job_rows(settings)
     assert row.resubmissions == 1 and adapter.submitted == [lost, client_job_id(project, 1, 1, 1)]
+
+
+def test_every_quality_attempt_of_a_scene_is_its_own_job_and_its_cost_counts(settings, project, sample_clip) -> None:
+    from vidpipe_tasks.candidates import attempt_cost
+    from vidpipe_tasks.generators.remote import project_spend
+
+    adapter = ScriptedAdapter(sample_clip)
+    generator = RemoteGenerator(replace(settings, generation_prices="comfyui=0.05"), adapter, None)
+    for attempt in (1, 2):
+        request = replace(request_for(settings, project), attempt=attempt, seed=project + attempt)
+        adapter.polls.append(Poll("succeeded", outputs={"filename": "x.mp4"}))
+        drive(generator, request)
+    rows = job_rows(settings)
+    assert [(r.scene_index, r.scene_attempt, r.attempt, r.state) for r in rows] == [
+        (1, 1, 1, "downloaded"),
+        (1, 2, 1, "downloaded"),
+    ]
+    # Distinct provider ids (ComfyUI's prompt id is ours), and spend adds up over the attempts.
+    assert adapter.submitted == [client_job_id(project, 1, 1, 0), client_job_id(project, 1, 1, 0, 2)]
+    assert len(set(adapter.submitted)) == 2
+    with session_scope(settings.database_url) as s:
+        assert [attempt_cost(s, project, 1, n) for n in (1, 2)] == [0.2, 0.2]
+        assert project_spend(s, project) == pytest.approx(0.4)

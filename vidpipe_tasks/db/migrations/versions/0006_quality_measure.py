@@ -1,14 +1,14 @@
 """Cross-scene face consistency per project, recorded when the project is finalized.
 
-Revision ID: 0005
-Revises: 0007 (main already holds 0007_asset_binding on 0004)
+Revision ID: 0006
+Revises: 0005
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0007"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
