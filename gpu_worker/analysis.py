@@ -132,7 +132,7 @@ def _save_crop(frame: np.ndarray, face: DetectedFace, target: Path) -> np.ndarra
     crop = np.ascontiguousarray(frame[max(0, y1 - my) : min(h, y2 + my), max(0, x1 - mx) : min(w, x2 + mx)])
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{media.temp_prefix(target)}tmp")
-    Image.fromarray(crop).save(tmp, format="PNG")
+    Image.fromarray(crop).save(tmp, format="PNG", compress_level=1)  # lossless either way; 6 costs 5x the time
     os.replace(tmp, target)  # a re-run overwrites the same name instead of adding files
     return crop
 

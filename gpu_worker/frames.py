@@ -85,11 +85,64 @@ def _open(path: Path):  # noqa: ANN202 - av.container.InputContainer
     return container, stream
 
 
+def _display_ranks(packets: list) -> dict[int, int] | None:  # noqa: ANN001 - av.Packet
+    """Each packet's frame index in display order (its pts rank); None when a packet has no pts."""
+    stamps = [p.pts for p in packets]
+    if any(pts is None for pts in stamps) or len(set(stamps)) != len(stamps):
+        return None
+    return {pts: rank for rank, pts in enumerate(sorted(stamps))}
+
+
+def _decode(stream, packets: list, chosen: set[int], ranks: dict[int, int] | None, skip: bool):  # noqa: ANN001, ANN202
+    """(index, frame) in display order; with `skip`, non-reference frames not in `chosen` are not decoded.
+
+    No other frame is predicted from a non-reference frame, so leaving one out costs nothing but its
+    motion score; the setting is read per packet (frame threads copy it when a packet is submitted).
+    """
+    ctx = stream.codec_context
+    ctx.flush_buffers()  # a second pass starts from a clean decoder
+    for position, packet in enumerate(packets):
+        index = ranks[packet.pts] if ranks is not None else position
+        ctx.skip_frame = "NONREF" if skip and index not in chosen else "DEFAULT"
+        for frame in ctx.decode(packet):
+            yield _index(frame, ranks), frame
+    ctx.skip_frame = "DEFAULT"
+    for frame in ctx.decode(None):
+        yield _index(frame, ranks), frame
+
+
+def _index(frame, ranks: dict[int, int] | None) -> int | None:  # noqa: ANN001 - av.VideoFrame
+    return ranks.get(frame.pts) if ranks is not None else None
+
+
+def _scan(stream, packets: list, chosen: set[int], motion: int, skip: bool) -> tuple[dict, int]:  # noqa: ANN001
+    """One decode pass: the chosen frames and the `motion` strongest motion frames (frames by index)."""
+    ranks = _display_ranks(packets)
+    skip = skip and ranks is not None  # without display ranks a skipped frame would shift every index
+    top = _TopMotion(motion)
+    kept, previous, last, count = {}, None, -1, 0
+    step = max(1, (stream.codec_context.height or _MOTION_ROWS) // _MOTION_ROWS)
+    for index, frame in _decode(stream, packets, chosen, ranks, skip):
+        index = count if index is None else index
+        count += 1
+        if index in chosen:
+            kept[index] = frame
+        thumb = _luma_thumb(frame, step) if top.count else None
+        if previous is not None and index not in chosen:
+            # Mean change per frame since the last decoded one (a skipped frame's change lands here).
+            top.offer(float(np.abs(thumb - previous).mean()) / max(1, index - last), index, frame)
+        previous, last = thumb, index
+    kept.update(top.frames())
+    return kept, count
+
+
 def sample_frames(path: Path, max_frames: int = 12, even: int = 8) -> SampledFrames:
     """Decode a clip once: keep the evenly spaced frames and the strongest motion frames, convert only those.
 
-    Motion is the mean absolute luma difference between consecutive frames on a ~90-row thumbnail,
-    read straight from the decoded YUV planes, so only the frames returned are converted to RGB.
+    Motion is the mean absolute luma difference per frame between consecutive decoded frames on a
+    ~90-row thumbnail, read straight from the decoded YUV planes, so only the frames returned are
+    converted to RGB. Non-reference frames (most B-frames) are not decoded unless they are evenly spaced
+    ones: motion is scored on the frames that are.
 
     Args:
         path: the clip.
@@ -104,28 +157,20 @@ def sample_frames(path: Path, max_frames: int = 12, even: int = 8) -> SampledFra
     t0 = time.perf_counter()
     container, stream = _open(path)
     with container:
-        expected = stream.frames
-        if expected <= 0:  # no frame count in the container: count in a first pass
-            expected = sum(1 for _ in container.decode(stream))
-            container.seek(0)
-        chosen = set(even_indices(expected, min(even, max_frames)))
-        top = _TopMotion(max(0, max_frames - len(chosen)))
-        kept, previous, count, fps = {}, None, 0, float(stream.average_rate or 0)
-        step = max(1, (stream.codec_context.height or _MOTION_ROWS) // _MOTION_ROWS)
         try:
-            for index, frame in enumerate(container.decode(stream)):
-                count = index + 1
-                if index in chosen:
-                    kept[index] = frame
-                thumb = _luma_thumb(frame, step) if top.count else None
-                if previous is not None and index not in chosen:
-                    top.offer(float(np.abs(thumb - previous).mean()), index, frame)
-                previous = thumb
+            packets = [p for p in container.demux(stream) if p.size]
+            expected = stream.frames if stream.frames > 0 else len(packets)
+            chosen = set(even_indices(expected, min(even, max_frames)))
+            motion = max(0, max_frames - len(chosen))
+            kept, count = _scan(stream, packets, chosen, motion, skip=True)
+            if not chosen <= set(kept) and count:  # a decoder that skipped a chosen frame: decode all
+                kept, count = _scan(stream, packets, chosen, motion, skip=False)
         except av.error.FFmpegError as exc:
             raise ClipUnreadable(f"cannot decode frames of {path.name}: {exc}") from exc
     if count == 0:
         raise ClipUnreadable(f"clip has no frames: {path}")
-    kept.update(top.frames())
+    fps = float(stream.average_rate or 0)
+    count = max(count, len(packets))
     indices = sorted(i for i in kept if i < count)
     frames = np.stack([kept[i].to_ndarray(format="rgb24") for i in indices])
     height, width = frames.shape[1:3]
