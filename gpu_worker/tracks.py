@@ -37,10 +37,10 @@ class Track:
 
 def _thumb(frame: np.ndarray, box: FaceBox) -> np.ndarray:
     x1, y1, x2, y2 = box.bbox
-    crop = frame[y1:y2, x1:x2].mean(axis=2)
+    crop = frame[y1:y2, x1:x2]
     rows = np.linspace(0, crop.shape[0] - 1, _THUMB).astype(int)
     cols = np.linspace(0, crop.shape[1] - 1, _THUMB).astype(int)
-    thumb = crop[np.ix_(rows, cols)].ravel()
+    thumb = crop[np.ix_(rows, cols)].mean(axis=2).ravel()  # grey of the sampled pixels only
     thumb = thumb - thumb.mean()
     return thumb / max(float(np.linalg.norm(thumb)), 1e-6)
 
