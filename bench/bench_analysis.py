@@ -11,6 +11,7 @@ analysis at other clip lengths, resolutions and face counts.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -98,6 +99,11 @@ def print_comparison(results: dict[str, list[dict]]) -> None:
     print(f"  speed-up {total_old / total_new:.2f}x; same matched assets and candidates in every scene: {same}")
 
 
+def _load_average() -> str:
+    """The host's 1-minute load average against its cores (a shared machine inflates every figure)."""
+    return f"{os.getloadavg()[0]:.1f}/{os.cpu_count()}" if hasattr(os, "getloadavg") else "n/a"
+
+
 def _decision(summary: dict) -> tuple:
     return summary["status"], [m[0] for m in summary["matches"]], [c[1] for c in summary["candidates"]]
 
@@ -109,9 +115,11 @@ def run_config(engine_name: str, device: str, requests: list[dict], root: Path, 
         print(f"\n{engine_name} on {device}: unavailable: {exc}")
         return
     embedder, embedder_note = build_embedder(settings, device, args.batch) if args.embedder else (None, "off")
+    before = _load_average()
     results = alternate(requests, root, engine, embedder, args)
     faces = statistics.median(r["faces_detected"] for r in results["new"])
     print(f"\n{engine_name} on {device} (load {load_ms:.0f} ms once per process); image embedder: {embedder_note}")
+    print(f"  load average (1 min) {before} before, {_load_average()} after: absolute figures scale with it")
     print(f"  {len(results['new'])} analyses each, {faces:g} faces per scene (median); medians per scene:")
     print_comparison(results)
 

@@ -15,15 +15,16 @@ from gpu_worker.frames import ClipUnreadable, even_indices, sample_frames
 from vidpipe_tasks.similarity import similarity_matrix
 
 
-def write_clip(path: Path, frames: int = 48, jump_at: int = 30) -> None:
+def write_clip(path: Path, frames: int = 48, jump_at: int = 30, options: dict | None = None) -> None:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=12)
         stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
-        stream.options = {"g": "24"}
+        stream.options = {"g": "24", **(options or {})}
         for i in range(frames):
             level = 40 if i < jump_at else 220  # one abrupt change: the motion pass must pick it
             img = np.full((96, 160, 3), level, dtype=np.uint8)
             img[:, (i * 3) % 160] = 0
+            img[(i * 2) % 96, :] = 255  # every frame differs from the others
             for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -38,6 +39,21 @@ def test_sampling_spreads_frames_evenly_adds_motion_frames_and_caps(tmp_path: Pa
     assert set(even_indices(48, 6)) <= set(sampled.indices)
     assert 30 in sampled.indices  # the frame where the picture jumps
     assert sampled.frames.shape[1:] == (96, 160, 3)
+
+
+def test_frames_sampled_from_a_clip_with_b_frames_are_the_frames_a_full_decode_gives_at_their_index(
+    tmp_path: Path,
+) -> None:
+    clip = tmp_path / "b.mp4"
+    write_clip(clip, options={"bf": "3", "x264-params": "b-adapt=0:b-pyramid=none"})
+    with av.open(str(clip)) as container:
+        every = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        container.seek(0)
+        assert sum(f.pict_type == av.video.frame.PictureType.B for f in container.decode(video=0)) >= 16
+    sampled = sample_frames(clip, max_frames=10, even=6)
+    assert sampled.frame_count == 48 and set(even_indices(48, 6)) <= set(sampled.indices)
+    for index, frame in zip(sampled.indices, sampled.frames, strict=True):
+        assert np.array_equal(frame, every[index]), index
 
 
 def test_a_corrupt_or_missing_clip_is_unreadable(tmp_path: Path) -> None:
