@@ -86,8 +86,12 @@ def _open(path: Path):  # noqa: ANN202 - av.container.InputContainer
 
 
 def _display_ranks(packets: list) -> dict[int, int] | None:  # noqa: ANN001 - av.Packet
-    """Each packet's frame index in display order (its pts rank); None when a packet has no pts."""
-    stamps = [p.pts for p in packets]
+    """Each shown packet's frame index in display order (its pts rank); None when one has no pts.
+
+    Packets the container marks as discarded (priming frames an edit list cuts) are decoded, as others
+    may be predicted from them, but never shown: they get no index, as they get no output frame.
+    """
+    stamps = [p.pts for p in packets if not p.is_discard]
     if any(pts is None for pts in stamps) or len(set(stamps)) != len(stamps):
         return None
     return {pts: rank for rank, pts in enumerate(sorted(stamps))}
@@ -102,8 +106,8 @@ def _decode(stream, packets: list, chosen: set[int], ranks: dict[int, int] | Non
     ctx = stream.codec_context
     ctx.flush_buffers()  # a second pass starts from a clean decoder
     for position, packet in enumerate(packets):
-        index = ranks[packet.pts] if ranks is not None else position
-        ctx.skip_frame = "NONREF" if skip and index not in chosen else "DEFAULT"
+        index = ranks.get(packet.pts) if ranks is not None else position
+        ctx.skip_frame = "NONREF" if skip and index is not None and index not in chosen else "DEFAULT"
         for frame in ctx.decode(packet):
             yield _index(frame, ranks), frame
     ctx.skip_frame = "DEFAULT"
@@ -115,8 +119,8 @@ def _index(frame, ranks: dict[int, int] | None) -> int | None:  # noqa: ANN001 -
     return ranks.get(frame.pts) if ranks is not None else None
 
 
-def _scan(stream, packets: list, chosen: set[int], motion: int, skip: bool) -> tuple[dict, int]:  # noqa: ANN001
-    """One decode pass: the chosen frames and the `motion` strongest motion frames (frames by index)."""
+def _scan(stream, packets: list, chosen: set[int], motion: int, skip: bool) -> tuple[dict, int, int]:  # noqa: ANN001
+    """One decode pass: the chosen and the `motion` strongest motion frames by index, frames decoded, frames."""
     ranks = _display_ranks(packets)
     skip = skip and ranks is not None  # without display ranks a skipped frame would shift every index
     top = _TopMotion(motion)
@@ -133,7 +137,7 @@ def _scan(stream, packets: list, chosen: set[int], motion: int, skip: bool) -> t
             top.offer(float(np.abs(thumb - previous).mean()) / max(1, index - last), index, frame)
         previous, last = thumb, index
     kept.update(top.frames())
-    return kept, count
+    return kept, count, len(ranks) if ranks is not None else count
 
 
 def sample_frames(path: Path, max_frames: int = 12, even: int = 8) -> SampledFrames:
@@ -162,15 +166,14 @@ def sample_frames(path: Path, max_frames: int = 12, even: int = 8) -> SampledFra
             expected = stream.frames if stream.frames > 0 else len(packets)
             chosen = set(even_indices(expected, min(even, max_frames)))
             motion = max(0, max_frames - len(chosen))
-            kept, count = _scan(stream, packets, chosen, motion, skip=True)
-            if not chosen <= set(kept) and count:  # a decoder that skipped a chosen frame: decode all
-                kept, count = _scan(stream, packets, chosen, motion, skip=False)
+            kept, decoded, count = _scan(stream, packets, chosen, motion, skip=True)
+            if not chosen <= set(kept) and decoded:  # a decoder that skipped a chosen frame: decode all
+                kept, decoded, count = _scan(stream, packets, chosen, motion, skip=False)
         except av.error.FFmpegError as exc:
             raise ClipUnreadable(f"cannot decode frames of {path.name}: {exc}") from exc
-    if count == 0:
+    if decoded == 0:
         raise ClipUnreadable(f"clip has no frames: {path}")
     fps = float(stream.average_rate or 0)
-    count = max(count, len(packets))
     indices = sorted(i for i in kept if i < count)
     frames = np.stack([kept[i].to_ndarray(format="rgb24") for i in indices])
     height, width = frames.shape[1:3]
