@@ -86,10 +86,11 @@ def _open(path: Path):  # noqa: ANN202 - av.container.InputContainer
 
 
 def _display_ranks(packets: list) -> dict[int, int] | None:  # noqa: ANN001 - av.Packet
-    """Each shown packet's frame index in display order (its pts rank); None when one has no pts.
+    """Each shown packet's frame index in display order (its pts rank); None when they cannot say.
 
-    Packets the container marks as discarded (priming frames an edit list cuts) are decoded, as others
-    may be predicted from them, but never shown: they get no index, as they get no output frame.
+    None when a packet has no pts or two share one: frames are then all decoded and indexed in output
+    order, as without skipping. Packets the container marks as discarded (priming frames an edit list
+    cuts) are decoded, as others may be predicted from them, but never shown: they get no index.
     """
     stamps = [p.pts for p in packets if not p.is_discard]
     if any(pts is None for pts in stamps) or len(set(stamps)) != len(stamps):
@@ -97,38 +98,33 @@ def _display_ranks(packets: list) -> dict[int, int] | None:  # noqa: ANN001 - av
     return {pts: rank for rank, pts in enumerate(sorted(stamps))}
 
 
-def _decode(stream, packets: list, chosen: set[int], ranks: dict[int, int] | None, skip: bool):  # noqa: ANN001, ANN202
-    """(index, frame) in display order; with `skip`, non-reference frames not in `chosen` are not decoded.
+def _decode(stream, packets: list, chosen: set[int], ranks: dict[int, int] | None):  # noqa: ANN001, ANN202
+    """(index, frame) in display order; with `ranks`, non-reference frames not in `chosen` are not decoded.
 
     No other frame is predicted from a non-reference frame, so leaving one out costs nothing but its
     motion score; the setting is read per packet (frame threads copy it when a packet is submitted).
+    Without `ranks` every frame is decoded and indexed in output order.
     """
     ctx = stream.codec_context
     ctx.flush_buffers()  # a second pass starts from a clean decoder
-    for position, packet in enumerate(packets):
-        index = ranks.get(packet.pts) if ranks is not None else position
-        ctx.skip_frame = "NONREF" if skip and index is not None and index not in chosen else "DEFAULT"
+    output = 0
+    for packet in [*packets, None]:  # None drains the decoder
+        index = ranks.get(packet.pts) if ranks is not None and packet is not None else None
+        ctx.skip_frame = "NONREF" if index is not None and index not in chosen else "DEFAULT"
         for frame in ctx.decode(packet):
-            yield _index(frame, ranks), frame
-    ctx.skip_frame = "DEFAULT"
-    for frame in ctx.decode(None):
-        yield _index(frame, ranks), frame
+            yield (ranks.get(frame.pts) if ranks is not None else output), frame
+            output += 1
 
 
-def _index(frame, ranks: dict[int, int] | None) -> int | None:  # noqa: ANN001 - av.VideoFrame
-    return ranks.get(frame.pts) if ranks is not None else None
-
-
-def _scan(stream, packets: list, chosen: set[int], motion: int, skip: bool) -> tuple[dict, int, int]:  # noqa: ANN001
-    """One decode pass: the chosen and the `motion` strongest motion frames by index, frames decoded, frames."""
-    ranks = _display_ranks(packets)
-    skip = skip and ranks is not None  # without display ranks a skipped frame would shift every index
+def _scan(stream, packets: list, chosen: set[int], motion: int, ranks: dict | None) -> tuple[dict, int]:  # noqa: ANN001
+    """One decode pass: the chosen and the `motion` strongest motion frames by index, and the frames decoded."""
     top = _TopMotion(motion)
-    kept, previous, last, count = {}, None, -1, 0
+    kept, previous, last, decoded = {}, None, -1, 0
     step = max(1, (stream.codec_context.height or _MOTION_ROWS) // _MOTION_ROWS)
-    for index, frame in _decode(stream, packets, chosen, ranks, skip):
-        index = count if index is None else index
-        count += 1
+    for index, frame in _decode(stream, packets, chosen, ranks):
+        decoded += 1
+        if index is None:  # a frame whose time stamp no packet had: its place is unknown
+            continue
         if index in chosen:
             kept[index] = frame
         thumb = _luma_thumb(frame, step) if top.count else None
@@ -137,7 +133,7 @@ def _scan(stream, packets: list, chosen: set[int], motion: int, skip: bool) -> t
             top.offer(float(np.abs(thumb - previous).mean()) / max(1, index - last), index, frame)
         previous, last = thumb, index
     kept.update(top.frames())
-    return kept, count, len(ranks) if ranks is not None else count
+    return kept, decoded
 
 
 def sample_frames(path: Path, max_frames: int = 12, even: int = 8) -> SampledFrames:
@@ -166,9 +162,12 @@ def sample_frames(path: Path, max_frames: int = 12, even: int = 8) -> SampledFra
             expected = stream.frames if stream.frames > 0 else len(packets)
             chosen = set(even_indices(expected, min(even, max_frames)))
             motion = max(0, max_frames - len(chosen))
-            kept, decoded, count = _scan(stream, packets, chosen, motion, skip=True)
-            if not chosen <= set(kept) and decoded:  # a decoder that skipped a chosen frame: decode all
-                kept, decoded, count = _scan(stream, packets, chosen, motion, skip=False)
+            ranks = _display_ranks(packets)
+            kept, decoded = _scan(stream, packets, chosen, motion, ranks)
+            count = len(ranks) if ranks is not None else decoded
+            if ranks is not None and not chosen <= set(kept):  # a decoder that did not play along
+                kept, decoded = _scan(stream, packets, chosen, motion, None)
+                count = decoded
         except av.error.FFmpegError as exc:
             raise ClipUnreadable(f"cannot decode frames of {path.name}: {exc}") from exc
     if decoded == 0:
