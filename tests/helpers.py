@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -67,28 +68,41 @@ def wait_projects_finished(
     pytest.fail(f"projects not finished after {timeout:.0f}s: {states}\n{logs}")
 
 
+@contextmanager
+def pipeline_workers(settings: Settings) -> Iterator[list[WorkerProcess]]:
+    """A generation+registry worker and the CV launcher (one CPU process), ready; stopped warmly on exit."""
+    from vidpipe_tasks.cli.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
+    from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE
+
+    logs = settings.home / "logs"
+    workers = [
+        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
+        start_cv_launcher(settings, logs),  # the CV side runs as production starts it
+    ]
+    try:
+        wait_ready(workers)
+        yield workers
+    finally:
+        stop_workers(workers)
+
+
+def enqueue_and_wait(settings: Settings, workers: list[WorkerProcess], ids: list[int], timeout: float) -> list[str]:
+    """Queue each project's chain and wait until all ended; returns their final statuses."""
+    from vidpipe_tasks.celery_app import create_app
+    from vidpipe_tasks.workflow import enqueue_project
+
+    app = create_app(settings)
+    for project_id in ids:
+        enqueue_project(app, settings, project_id)
+    return wait_projects_finished(settings, ids, workers, timeout)
+
+
 def run_projects_to_the_end(settings: Settings, ids: list[int], *, timeout: float = 420) -> Path:
     """Run projects on a gen+registry worker and the CV launcher (one CPU process) until they end.
 
     Returns:
         The folder of the workers' logs.
     """
-    from vidpipe_tasks.celery_app import create_app
-    from vidpipe_tasks.cli.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
-    from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE
-    from vidpipe_tasks.workflow import enqueue_project
-
-    logs = settings.home / "logs"
-    workers = [
-        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
-        start_cv_launcher(settings, logs),
-    ]
-    try:
-        wait_ready(workers)
-        app = create_app(settings)
-        for project_id in ids:
-            enqueue_project(app, settings, project_id)
-        wait_projects_finished(settings, ids, workers, timeout)
-    finally:
-        stop_workers(workers)
-    return logs
+    with pipeline_workers(settings) as workers:
+        enqueue_and_wait(settings, workers, ids, timeout)
+    return settings.home / "logs"

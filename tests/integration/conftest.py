@@ -11,16 +11,16 @@ from celery import Celery
 from sqlalchemy import select
 
 from tests.conftest import DATA, make_settings
-from tests.helpers import wait_projects_finished
+from tests.helpers import enqueue_and_wait, pipeline_workers
 from vidpipe_tasks import media
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.cli.demo import example_paths
-from vidpipe_tasks.cli.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
+from vidpipe_tasks.cli.workers import WorkerProcess
 from vidpipe_tasks.db.models import Clip, Scene
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings
+from vidpipe_tasks.settings import Settings
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workflow import create_project, enqueue_project
+from vidpipe_tasks.workflow import create_project
 
 RUN_TIMEOUT_S = 420
 
@@ -73,16 +73,6 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PipelineR
         for path in (example_path("lighthouse.yaml"), DATA / "quay.yaml", example_path("market.yaml"))
     )
     _corrupt_clip(settings, quay, 2)
-    logs = settings.home / "logs"
-    workers = [
-        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
-        start_cv_launcher(settings, logs),  # the CV side runs as production starts it
-    ]
-    try:
-        wait_ready(workers)
-        for project_id in (lighthouse, quay, market):
-            enqueue_project(app, settings, project_id)
-        wait_projects_finished(settings, [lighthouse, quay, market], workers, RUN_TIMEOUT_S)
+    with pipeline_workers(settings) as workers:
+        enqueue_and_wait(settings, workers, [lighthouse, quay, market], RUN_TIMEOUT_S)
         yield PipelineRun(settings, app, workers, lighthouse, quay, market)
-    finally:
-        stop_workers(workers)

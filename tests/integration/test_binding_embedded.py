@@ -10,15 +10,13 @@ import pytest
 from sqlalchemy import select
 
 from tests.conftest import make_settings
-from tests.helpers import wait_projects_finished
-from vidpipe_tasks.celery_app import create_app
+from tests.helpers import enqueue_and_wait, pipeline_workers
 from vidpipe_tasks.cli.status import load_status
-from vidpipe_tasks.cli.workers import start_cv_launcher, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import Asset, AssetSource, Project, Scene
 from vidpipe_tasks.db.session import session_scope
-from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings
+from vidpipe_tasks.settings import Settings
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workflow import create_project, enqueue_project
+from vidpipe_tasks.workflow import create_project
 
 EXAMPLE = Path(str(resources.files("vidpipe_tasks") / "examples" / "more" / "two_at_once.yaml"))
 
@@ -27,20 +25,10 @@ EXAMPLE = Path(str(resources.files("vidpipe_tasks") / "examples" / "more" / "two
 def duo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, int]]:
     """The bundled two-at-once example, run by one generation+registry worker and the CV launcher."""
     settings = make_settings(tmp_path_factory.mktemp("duo") / "work")
-    app = create_app(settings)
     project = create_project(settings, EXAMPLE, load_storyboard(EXAMPLE))
-    logs = settings.home / "logs"
-    workers = [
-        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
-        start_cv_launcher(settings, logs),
-    ]
-    try:
-        wait_ready(workers)
-        enqueue_project(app, settings, project)
-        wait_projects_finished(settings, [project], workers, 300)
+    with pipeline_workers(settings) as workers:
+        enqueue_and_wait(settings, workers, [project], 300)
         yield settings, project
-    finally:
-        stop_workers(workers)
 
 
 def extracted(settings: Settings) -> dict[str, Asset]:

@@ -21,18 +21,18 @@ from celery import Celery
 from sqlalchemy import func, select
 
 from tests.conftest import DATA, make_settings
-from tests.helpers import wait_projects_finished, wait_until
+from tests.helpers import enqueue_and_wait, pipeline_workers, wait_until
 from vidpipe_tasks import media
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.cli.status import load_status
-from vidpipe_tasks.cli.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
+from vidpipe_tasks.cli.workers import WorkerProcess
 from vidpipe_tasks.db.models import Asset, AssetAppearance, AssetSource, Project, Scene, SceneAttempt, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.quality import AttemptScore, best_attempt
 from vidpipe_tasks.report import build_report
-from vidpipe_tasks.settings import GENERATION_QUEUE, REGISTRY_QUEUE, Settings
+from vidpipe_tasks.settings import Settings
 from vidpipe_tasks.storyboard import load_storyboard
-from vidpipe_tasks.workflow import create_project, enqueue_project
+from vidpipe_tasks.workflow import create_project
 
 GEN, CV, PICK, REG = (
     "vidpipe.generate_candidate",
@@ -65,19 +65,9 @@ def quality_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QualityRun
     media.absolute(settings.media_root, media.attempt_clip_path(cands, BROKEN_SCENE, BROKEN_ATTEMPT)).mkdir(
         parents=True
     )
-    logs = settings.home / "logs"
-    workers = [
-        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
-        start_cv_launcher(settings, logs),
-    ]
-    try:
-        wait_ready(workers)
-        for project_id in (gate, cands):
-            enqueue_project(app, settings, project_id)
-        wait_projects_finished(settings, [gate, cands], workers, 300)
+    with pipeline_workers(settings) as workers:
+        enqueue_and_wait(settings, workers, [gate, cands], 300)
         yield QualityRun(settings, app, workers, gate, cands)
-    finally:
-        stop_workers(workers)
 
 
 def utc(value: datetime) -> datetime:

@@ -17,10 +17,10 @@ from sqlalchemy import select
 
 from tests.conftest import make_settings
 from tests.fakes.servers import FakeServer, fake_comfyui, fake_gemini
-from tests.helpers import run_vidpipe, wait_projects_finished, wait_until
+from tests.helpers import enqueue_and_wait, pipeline_workers, run_vidpipe, wait_projects_finished, wait_until
 from vidpipe_tasks.celery_app import create_app
 from vidpipe_tasks.cli.status import load_status
-from vidpipe_tasks.cli.workers import WorkerProcess, start_cv_launcher, start_worker, stop_workers, wait_ready
+from vidpipe_tasks.cli.workers import WorkerProcess, start_worker, stop_workers, wait_ready
 from vidpipe_tasks.db.models import GenerationJob, Scene, TaskRun
 from vidpipe_tasks.db.session import session_scope
 from vidpipe_tasks.generators.prompting import BOARD_KEY
@@ -119,20 +119,11 @@ def remote_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteRun]:
             ),
         ),
     }
-    logs = settings.home / "logs"
-    workers = [
-        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
-        start_cv_launcher(settings, logs),
-    ]
     try:
-        wait_ready(workers)
-        app = create_app(settings)
-        for project_id in projects.values():
-            enqueue_project(app, settings, project_id)
-        finished = wait_projects_finished(settings, list(projects.values()), workers, timeout=300)
-        yield RemoteRun(settings, comfy, gemini, projects, dict(zip(projects, finished, strict=True)))
+        with pipeline_workers(settings) as workers:
+            finished = enqueue_and_wait(settings, workers, list(projects.values()), timeout=300)
+            yield RemoteRun(settings, comfy, gemini, projects, dict(zip(projects, finished, strict=True)))
     finally:
-        stop_workers(workers)
         comfy.stop()
         gemini.stop()
 
@@ -308,17 +299,10 @@ def test_content_policy_can_skip_the_scene_and_let_the_chain_go_on(tmp_path: Pat
         {"description": "Wren arrives.", "characters": ["mara", "wren"]},
     ]
     project = submit(settings, storyboard(tmp_path, "skipping", "veo", scenes, manifest=True))
-    logs = settings.home / "logs"
-    workers = [
-        start_worker(settings, "gen", [GENERATION_QUEUE, REGISTRY_QUEUE], logs),
-        start_cv_launcher(settings, logs),
-    ]
     try:
-        wait_ready(workers)
-        enqueue_project(create_app(settings), settings, project)
-        assert wait_projects_finished(settings, [project], workers, timeout=180) == ["COMPLETED"]
+        with pipeline_workers(settings) as workers:
+            assert enqueue_and_wait(settings, workers, [project], timeout=180) == ["COMPLETED"]
     finally:
-        stop_workers(workers)
         gemini.stop()
     first, second = load_status(settings, project)["scenes"]
     assert first["stages"] == {"generation": "SKIPPED", "analysis": "SKIPPED", "registry": "SKIPPED"}
